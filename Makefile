@@ -1,0 +1,28 @@
+# Two commands a newcomer needs: `make test` and `make train`.
+# Each creates the virtual environment on first use and installs the project into it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test train lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check nn tokenizer tinygrad_llm tests benchmarks
+	$(BIN)/python -m pytest -q tests
+
+train: $(STAMP)
+	@test -f examples/train_gpt.py || { echo "make train: the main job (examples/train_gpt.py) is not built yet; see issue 5" >&2; exit 2; }
+	$(BIN)/python examples/train_gpt.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ops.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The LLM built on nn and tokenizer."""
