@@ -1,0 +1,46 @@
+"""Matrix product with NumPy/PyTorch semantics: 1-D, 2-D and batched N-D with broadcasting."""
+
+from __future__ import annotations
+
+from nn.backend import xp_of
+from nn.function import Function
+from nn.ops.util import sum_to
+
+
+def _swap(a):
+    return a.swapaxes(-1, -2)
+
+
+class MatMul(Function):
+    """out = a @ b.
+
+    For matrices, d/da = g @ b^T and d/db = a^T @ g. A 1-D operand is a row
+    (a) or column (b) vector whose extra axis ``matmul`` removes; backward puts
+    it back, then ``sum_to`` folds any broadcast batch dimensions.
+
+    The common "activations (..., K) @ weight (K, N)" case is done as one 2-D
+    product over all rows, in forward and backward: one large BLAS call
+    instead of one per batch entry, and the weight gradient comes out summed.
+    """
+
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        if a.ndim > 2 and b.ndim == 2:
+            return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.saved_arrays
+        need_a, need_b = self.needs_input_grad
+        if a.ndim >= 2 and b.ndim == 2:
+            rows_a, rows_g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+            ga = (rows_g @ b.T).reshape(a.shape) if need_a else None
+            gb = rows_a.T @ rows_g if need_b else None
+            return ga, gb
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        batch = xp_of(g).broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        g2 = g.reshape(batch + (a2.shape[-2], b2.shape[-1]))
+        ga = sum_to(g2 @ _swap(b2), a2.shape).reshape(a.shape) if need_a else None
+        gb = sum_to(_swap(a2) @ g2, b2.shape).reshape(b.shape) if need_b else None
+        return ga, gb

@@ -1,0 +1,594 @@
+"""Tensor: an array plus the graph that made it, and reverse-mode autodiff over it.
+
+A Tensor wraps one array of the active array module (``.data``). A Tensor made
+by an op remembers that op in ``._ctx`` (a :class:`nn.function.Function`), which
+remembers its input Tensors; following ``_ctx.inputs`` from a loss walks the
+whole computation backwards. :meth:`Tensor.backward` does that walk once, in
+reverse topological order, with an explicit stack instead of recursion.
+
+Every method that computes something is a one-line call into an op class in
+``nn/ops``; the op's forward and backward live together there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nn import backend
+from nn.backend import as_dtype, is_float, xp_of
+from nn.function import _profiler_state, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+
+__all__ = [
+    "Tensor", "tensor", "zeros", "ones", "full", "arange", "randn", "rand", "zeros_like", "ones_like",
+    "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
+]
+
+Scalar = int | float | bool
+
+
+class RemovableHandle:
+    """Returned by :meth:`Tensor.register_hook`; ``.remove()`` takes the hook off."""
+
+    def __init__(self, hooks: list, hook: Callable) -> None:
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self) -> None:
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+class Tensor:
+    """An n-dimensional array that can record the ops applied to it.
+
+    ``data``: the array (``numpy.ndarray`` or ``cupy.ndarray``).
+    ``grad``: a Tensor with the accumulated gradient (leaves only), or None.
+    ``requires_grad``: whether ops on this tensor are recorded for backward.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "_retains_grad", "name", "__weakref__")
+    # Makes ``ndarray + Tensor`` call Tensor.__radd__ instead of NumPy's broadcasting.
+    __array_priority__ = 200
+
+    def __init__(self, data: Any, requires_grad: bool = False, name: str | None = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        elif isinstance(data, np.generic) or not hasattr(data, "shape"):
+            data = np.asarray(data)  # NumPy scalars and Python values become (0-d) arrays
+        if requires_grad and not is_float(data.dtype):
+            raise TypeError(f"only floating-point tensors can require gradients, not {data.dtype}")
+        self.data = data
+        self.grad: Tensor | None = None
+        self.requires_grad = requires_grad
+        self._ctx = None
+        self._hooks: list[Callable] = []
+        self._retains_grad = False
+        self.name = name
+
+    # ------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not made by a recorded op (parameters, inputs)."""
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The op that produced this tensor, or None for a leaf."""
+        return self._ctx
+
+    def size(self, dim: int | None = None) -> tuple[int, ...] | int:
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        fn = f", grad_fn={self._ctx.name}" if self._ctx is not None else ""
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}{grad}{fn})"
+
+    __hash__ = object.__hash__  # == is elementwise, so hash by identity as PyTorch does
+
+    # ------------------------------------------------------------ conversion
+    def numpy(self) -> np.ndarray:
+        """The values as a host NumPy array (shares memory on the CPU)."""
+        return backend.to_numpy(self.data)
+
+    def item(self) -> Scalar:
+        """The single value of a one-element tensor as a Python number."""
+        if self.numel() != 1:
+            raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph (shares memory)."""
+        return Tensor(self.data)
+
+    def clone(self) -> Tensor:
+        """A copy of the data that stays in the graph."""
+        return shape_ops.Contiguous.apply(self, copy=True)
+
+    def requires_grad_(self, mode: bool = True) -> Tensor:
+        if mode and not is_float(self.dtype):
+            raise TypeError(f"only floating-point tensors can require gradients, not {self.dtype}")
+        if not self.is_leaf:
+            raise RuntimeError("requires_grad_ can only change leaf tensors")
+        self.requires_grad = mode
+        return self
+
+    def to(self, target: Any) -> Tensor:
+        """``t.to("cuda")`` / ``t.to("cpu")`` moves data; ``t.to(nn.float64)`` casts. Both differentiable."""
+        if isinstance(target, str) and (target == "cpu" or target.startswith("cuda")):
+            return self if self.device == target.split(":")[0] else elementwise.ToDevice.apply(self, device=target)
+        dtype = as_dtype(target)
+        return self if dtype == self.dtype else elementwise.Cast.apply(self, dtype=dtype)
+
+    def float(self) -> Tensor:
+        return self.to(np.float32)
+
+    def double(self) -> Tensor:
+        return self.to(np.float64)
+
+    def half(self) -> Tensor:
+        return self.to(np.float16)
+
+    def _lift(self, value: Any) -> Tensor:
+        """A constant operand: Python numbers take this tensor's dtype (so float32 stays float32)."""
+        if isinstance(value, Tensor):
+            return value
+        xp = xp_of(self.data)
+        if isinstance(value, bool | int | float):
+            dtype = self.dtype if is_float(self.dtype) or isinstance(value, bool | int) else np.float32
+            return Tensor(xp.asarray(value, dtype=dtype))
+        return Tensor(xp.asarray(value))
+
+    # ------------------------------------------------------------ autodiff
+    def register_hook(self, hook: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
+        """Call ``hook(grad)`` when this tensor's gradient is complete; a returned Tensor replaces it."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that does not require grad")
+        self._hooks.append(hook)
+        return RemovableHandle(self._hooks, hook)
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep it)."""
+        self._retains_grad = True
+
+    def backward(self, grad: Tensor | Any | None = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        The graph is visited once in reverse topological order (every op's
+        backward runs after all ops that consumed its output), so each op sees
+        its output's gradient complete. Gradients of intermediate tensors live
+        only in a local table and are dropped as soon as they are used.
+        Without ``retain_graph`` each op releases its saved arrays right after
+        its backward, so memory falls as the walk proceeds.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad?)")
+        xp = xp_of(self.data)
+        if grad is None:
+            if self.numel() != 1:
+                raise RuntimeError(f"grad can be implicitly created only for one-element outputs, not {self.shape}")
+            seed = xp.ones_like(self.data)
+        else:
+            seed = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            if seed.shape != self.data.shape:
+                raise RuntimeError(f"grad of shape {seed.shape} given for a tensor of shape {self.shape}")
+
+        profiler = _profiler_state()
+        grads: dict[int, Any] = {id(self): seed}
+        with no_grad():
+            for t in reversed(_topological_order(self)):
+                g = grads.pop(id(t), None)
+                if g is None:  # no path from the root carried a gradient here
+                    continue
+                for hook in t._hooks:
+                    replaced = hook(Tensor(g))
+                    if replaced is not None:
+                        g = replaced.data if isinstance(replaced, Tensor) else replaced
+                fn = t._ctx
+                if fn is None or t._retains_grad:
+                    _accumulate_grad(t, g)
+                if fn is None:
+                    continue
+                if profiler is None:
+                    input_grads = fn.backward(g)
+                else:
+                    input_grads = profiler.timed_backward(fn, g)
+                if not isinstance(input_grads, tuple):
+                    input_grads = (input_grads,)
+                for parent, needs, pg in zip(fn.inputs, fn.needs_input_grad, input_grads, strict=True):
+                    if not needs or pg is None:
+                        continue
+                    if pg.shape != parent.data.shape:
+                        raise RuntimeError(
+                            f"{fn.name}.backward returned a gradient of shape {pg.shape} "
+                            f"for an input of shape {parent.shape}")
+                    key = id(parent)
+                    grads[key] = pg if key not in grads else grads[key] + pg
+                if not retain_graph:
+                    fn.release()
+
+    # ------------------------------------------------------------ arithmetic
+    def __add__(self, other):
+        return elementwise.Add.apply(self, self._lift(other))
+
+    def __radd__(self, other):
+        return elementwise.Add.apply(self._lift(other), self)
+
+    def __sub__(self, other):
+        return elementwise.Sub.apply(self, self._lift(other))
+
+    def __rsub__(self, other):
+        return elementwise.Sub.apply(self._lift(other), self)
+
+    def __mul__(self, other):
+        return elementwise.Mul.apply(self, self._lift(other))
+
+    def __rmul__(self, other):
+        return elementwise.Mul.apply(self._lift(other), self)
+
+    def __truediv__(self, other):
+        return elementwise.Div.apply(self, self._lift(other))
+
+    def __rtruediv__(self, other):
+        return elementwise.Div.apply(self._lift(other), self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, int | float):
+            return elementwise.PowScalar.apply(self, exponent=exponent)
+        return elementwise.Pow.apply(self, self._lift(exponent))
+
+    def __rpow__(self, base):
+        return elementwise.Pow.apply(self._lift(base), self)
+
+    def __neg__(self):
+        return elementwise.Neg.apply(self)
+
+    def __matmul__(self, other):
+        return matmul_ops.MatMul.apply(self, self._lift(other))
+
+    def __rmatmul__(self, other):
+        return matmul_ops.MatMul.apply(self._lift(other), self)
+
+    # Comparisons give boolean tensors outside the graph, as in PyTorch.
+    def _compare(self, other, op) -> Tensor:
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor(op(self.data, other))
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __eq__(self, other):  # type: ignore[override]
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other):  # type: ignore[override]
+        return self._compare(other, lambda a, b: a != b)
+
+    def __invert__(self):
+        return Tensor(~self.data)
+
+    def __and__(self, other):
+        return self._compare(other, lambda a, b: a & b)
+
+    def __or__(self, other):
+        return self._compare(other, lambda a, b: a | b)
+
+    # ------------------------------------------------------------ elementwise math
+    def exp(self):
+        return elementwise.Exp.apply(self)
+
+    def log(self):
+        return elementwise.Log.apply(self)
+
+    def sqrt(self):
+        return elementwise.Sqrt.apply(self)
+
+    def rsqrt(self):
+        return elementwise.Rsqrt.apply(self)
+
+    def abs(self):
+        return elementwise.Abs.apply(self)
+
+    def tanh(self):
+        return elementwise.Tanh.apply(self)
+
+    def sigmoid(self):
+        return elementwise.Sigmoid.apply(self)
+
+    def relu(self):
+        return elementwise.Relu.apply(self)
+
+    def gelu(self, approximate: str = "none"):
+        return elementwise.Gelu.apply(self, approximate=approximate)
+
+    def silu(self):
+        return elementwise.Silu.apply(self)
+
+    def pow(self, exponent):
+        return self ** exponent
+
+    def maximum(self, other):
+        return elementwise.Maximum.apply(self, self._lift(other))
+
+    def minimum(self, other):
+        return elementwise.Minimum.apply(self, self._lift(other))
+
+    def clamp(self, min: float | None = None, max: float | None = None):  # noqa: A002 (PyTorch names)
+        return elementwise.Clamp.apply(self, low=min, high=max)
+
+    clip = clamp
+
+    def masked_fill(self, mask, value: float):
+        mask = mask.data if isinstance(mask, Tensor) else mask
+        return elementwise.MaskedFill.apply(self, mask=mask, value=value)
+
+    # ------------------------------------------------------------ reductions
+    def sum(self, dim=None, keepdim: bool = False):
+        return reduce_ops.Sum.apply(self, dim=dim, keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False):
+        return reduce_ops.Mean.apply(self, dim=dim, keepdim=keepdim)
+
+    def max(self, dim: int | None = None, keepdim: bool = False):
+        """Largest value; with an int ``dim``, ``(values, indices)`` as in PyTorch."""
+        return reduce_ops.extremum(self, dim, keepdim, largest=True)
+
+    def min(self, dim: int | None = None, keepdim: bool = False):
+        """Smallest value; with an int ``dim``, ``(values, indices)`` as in PyTorch."""
+        return reduce_ops.extremum(self, dim, keepdim, largest=False)
+
+    def amax(self, dim=None, keepdim: bool = False):
+        return reduce_ops.Amax.apply(self, dim=dim, keepdim=keepdim, largest=True)
+
+    def amin(self, dim=None, keepdim: bool = False):
+        return reduce_ops.Amax.apply(self, dim=dim, keepdim=keepdim, largest=False)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False):
+        return reduce_ops.arg_extremum(self, dim, keepdim, largest=True)
+
+    def argmin(self, dim: int | None = None, keepdim: bool = False):
+        return reduce_ops.arg_extremum(self, dim, keepdim, largest=False)
+
+    def var(self, dim=None, correction: int = 1, keepdim: bool = False):
+        return reduce_ops.Var.apply(self, dim=dim, correction=correction, keepdim=keepdim)
+
+    def std(self, dim=None, correction: int = 1, keepdim: bool = False):
+        return reduce_ops.Var.apply(self, dim=dim, correction=correction, keepdim=keepdim, root=True)
+
+    def logsumexp(self, dim, keepdim: bool = False):
+        return reduce_ops.LogSumExp.apply(self, dim=dim, keepdim=keepdim)
+
+    # ------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        return shape_ops.Reshape.apply(self, shape=_shape_arg(shape))
+
+    view = reshape
+
+    def permute(self, *dims):
+        return shape_ops.Permute.apply(self, dims=_shape_arg(dims))
+
+    def transpose(self, dim0: int, dim1: int):
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return self.permute(dims)
+
+    @property
+    def T(self):
+        """All dimensions reversed (the matrix transpose for 2-D)."""
+        return self.permute(tuple(reversed(range(self.ndim))))
+
+    def expand(self, *sizes):
+        return shape_ops.Expand.apply(self, sizes=_shape_arg(sizes))
+
+    def squeeze(self, dim=None):
+        return shape_ops.Reshape.apply(self, shape=shape_ops.squeezed_shape(self.shape, dim))
+
+    def unsqueeze(self, dim: int):
+        shape = list(self.shape)
+        shape.insert(dim if dim >= 0 else self.ndim + dim + 1, 1)
+        return shape_ops.Reshape.apply(self, shape=tuple(shape))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = start_dim % self.ndim, end_dim % self.ndim
+        shape = self.shape[:start] + (-1,) + self.shape[end + 1:]
+        return self.reshape(shape)
+
+    def contiguous(self):
+        return shape_ops.Contiguous.apply(self)
+
+    def __getitem__(self, index):
+        return shape_ops.GetItem.apply(self, index=shape_ops.unwrap_index(index))
+
+    def split(self, split_size_or_sections, dim: int = 0):
+        return shape_ops.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks: int, dim: int = 0):
+        return shape_ops.chunk(self, chunks, dim)
+
+    def tril(self, diagonal: int = 0):
+        return shape_ops.Triangle.apply(self, diagonal=diagonal, lower=True)
+
+    def triu(self, diagonal: int = 0):
+        return shape_ops.Triangle.apply(self, diagonal=diagonal, lower=False)
+
+    def matmul(self, other):
+        return self @ other
+
+
+def _shape_arg(args: tuple) -> tuple:
+    """Accept both ``f(2, 3)`` and ``f((2, 3))``, as PyTorch does."""
+    if len(args) == 1 and isinstance(args[0], Sequence):
+        return tuple(args[0])
+    return tuple(args)
+
+
+def _accumulate_grad(t: Tensor, g: Any) -> None:
+    """Add ``g`` into ``t.grad``. The first gradient is copied, so no two tensors share one buffer."""
+    if t.grad is None:
+        t.grad = Tensor(g.copy())
+    else:
+        t.grad.data += g
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors that ``root`` depends on (through grad-requiring paths), inputs before outputs.
+
+    An iterative depth-first search: a node is appended after all of its
+    inputs, so the list is a topological order and its reverse is the order
+    backward needs. No recursion, so a 10,000-op chain is fine.
+    """
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        t, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        fn = t._ctx
+        if fn is None:
+            continue
+        if fn.released:
+            raise RuntimeError(
+                "trying to backward through the graph a second time (its saved arrays were freed); "
+                "pass retain_graph=True to the first backward() if you need to")
+        for parent in fn.inputs:
+            if parent is not None and parent.requires_grad and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+# ---------------------------------------------------------------- factories
+def _make(array: Any, requires_grad: bool) -> Tensor:
+    return Tensor(array, requires_grad=requires_grad)
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    return backend.DEFAULT_DTYPE if dtype is None else as_dtype(dtype)
+
+
+def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    """A tensor from a list, scalar or array. Python floats become float32, as in PyTorch."""
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = backend.array_module(device)
+    if dtype is not None:
+        array = xp.asarray(data, dtype=as_dtype(dtype))
+    else:
+        array = xp.asarray(data)
+        if array.dtype == np.float64 and not hasattr(data, "dtype"):
+            array = array.astype(backend.DEFAULT_DTYPE)
+    return _make(array, requires_grad)
+
+
+def zeros(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    xp = backend.array_module(device)
+    return _make(xp.zeros(_shape_arg(shape), dtype=_float_dtype(dtype)), requires_grad)
+
+
+def ones(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    xp = backend.array_module(device)
+    return _make(xp.ones(_shape_arg(shape), dtype=_float_dtype(dtype)), requires_grad)
+
+
+def full(shape, fill_value: Scalar, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    xp = backend.array_module(device)
+    return _make(xp.full(_shape_arg((shape,)), fill_value, dtype=_float_dtype(dtype)), requires_grad)
+
+
+def zeros_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _make(xp_of(t.data).zeros(t.shape, dtype=t.dtype if dtype is None else as_dtype(dtype)), requires_grad)
+
+
+def ones_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    return _make(xp_of(t.data).ones(t.shape, dtype=t.dtype if dtype is None else as_dtype(dtype)), requires_grad)
+
+
+def arange(start: Scalar, end: Scalar | None = None, step: Scalar = 1, dtype: Any = None,
+           requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    """``arange(5)`` or ``arange(2, 10, 2)``; integer arguments give int64, as in PyTorch."""
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        all_ints = all(isinstance(v, int) for v in (start, end, step))
+        dtype = np.int64 if all_ints else backend.DEFAULT_DTYPE
+    xp = backend.array_module(device)
+    return _make(xp.arange(start, end, step, dtype=as_dtype(dtype)), requires_grad)
+
+
+def randn(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    """Standard normal samples from the engine's seedable generator (``nn.manual_seed``)."""
+    dtype = _float_dtype(dtype)
+    array = backend.rng().standard_normal(_shape_arg(shape)).astype(dtype)
+    return _make(backend.to_device(array, device), requires_grad)
+
+
+def rand(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
+    """Uniform samples in [0, 1) from the engine's seedable generator."""
+    dtype = _float_dtype(dtype)
+    array = backend.rng().random(_shape_arg(shape)).astype(dtype)
+    return _make(backend.to_device(array, device), requires_grad)
+
+
+# The op modules build Tensors, so they are imported once Tensor exists.
+from nn.ops import elementwise  # noqa: E402
+from nn.ops import matmul as matmul_ops  # noqa: E402
+from nn.ops import reduce as reduce_ops  # noqa: E402
+from nn.ops import shape as shape_ops  # noqa: E402

@@ -1,0 +1,46 @@
+"""Shared test set-up: hypothesis profiles and the conversions between our tensors and PyTorch's."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import nn
+
+# "ci" is what `make test` runs; "thorough" (HYPOTHESIS_PROFILE=thorough) draws 10x more examples.
+settings.register_profile("ci", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.filter_too_much])
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+torch.set_num_threads(1)
+
+
+def is_float_array(a) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind == "f"
+
+
+def to_ours(arrays) -> list[nn.Tensor]:
+    """Our tensors: float arrays become leaves that require grad, the rest constants."""
+    return [nn.Tensor(a.copy() if isinstance(a, np.ndarray) else a, requires_grad=is_float_array(a))
+            for a in arrays]
+
+
+def to_torch(arrays) -> list[torch.Tensor]:
+    return [torch.tensor(np.array(a), requires_grad=is_float_array(a)) for a in arrays]
+
+
+def torch_kwargs(kwargs: dict) -> dict:
+    return {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v
+            for k, v in kwargs.items()}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    """Every test starts from the same engine random state."""
+    nn.manual_seed(1234)
