@@ -245,6 +245,8 @@ class Tensor:
                         raise RuntimeError(
                             f"{fn.name}.backward returned a gradient of shape {pg.shape} "
                             f"for an input of shape {parent.shape}")
+                    if pg.dtype != parent.data.dtype:  # e.g. float32 * float64 promoted the output
+                        pg = pg.astype(parent.data.dtype)
                     key = id(parent)
                     grads[key] = pg if key not in grads else grads[key] + pg
                 if not retain_graph:
