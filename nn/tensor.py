@@ -212,12 +212,13 @@ class Tensor:
                 raise RuntimeError(f"grad can be implicitly created only for one-element outputs, not {self.shape}")
             seed = xp.ones_like(self.data)
         else:
-            seed = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            seed = xp.array(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)  # a copy
             if seed.shape != self.data.shape:
                 raise RuntimeError(f"grad of shape {seed.shape} given for a tensor of shape {self.shape}")
 
         profiler = _profiler_state()
         grads: dict[int, Any] = {id(self): seed}
+        stored: set[int] = set()  # arrays already kept as some tensor's .grad in this pass
         with no_grad():
             for t in reversed(_topological_order(self)):
                 g = grads.pop(id(t), None)
@@ -229,7 +230,7 @@ class Tensor:
                         g = replaced.data if isinstance(replaced, Tensor) else replaced
                 fn = t._ctx
                 if fn is None or t._retains_grad:
-                    _accumulate_grad(t, g)
+                    _accumulate_grad(t, g, stored)
                 if fn is None:
                     continue
                 if profiler is None:
@@ -477,10 +478,20 @@ def _shape_arg(args: tuple) -> tuple:
     return tuple(args)
 
 
-def _accumulate_grad(t: Tensor, g: Any) -> None:
-    """Add ``g`` into ``t.grad``. The first gradient is copied, so no two tensors share one buffer."""
+def _accumulate_grad(t: Tensor, g: Any, stored: set[int]) -> None:
+    """Add ``g`` into ``t.grad``, making sure no two tensors ever share one gradient buffer.
+
+    A backward may hand the same array to two inputs (Add does) or pass a
+    view of its upstream gradient along (reshape does). Keeping such an array
+    as ``.grad`` would let an in-place update of one gradient (accumulation,
+    clipping, an optimizer) change another. So the first gradient is kept
+    as it is only when it owns its memory, is writeable and was not already
+    kept in this backward pass; otherwise it is copied.
+    """
     if t.grad is None:
-        t.grad = Tensor(g.copy())
+        private = g.flags.owndata and g.flags.writeable and id(g) not in stored
+        t.grad = Tensor(g if private else g.copy())
+        stored.add(id(t.grad.data))
     else:
         t.grad.data += g
 

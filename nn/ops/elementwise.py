@@ -8,12 +8,12 @@ in formulas are Python numbers, so a float32 input gives a float32 output
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from nn import backend
 from nn.backend import xp_of
 from nn.function import Function
+from nn.kernels import gelu as gelu_kernels
 from nn.ops.util import sum_to
 
 
@@ -243,57 +243,19 @@ class Relu(Function):
         return g * (out > 0)
 
 
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-_GELU_CUBIC = 0.044715
-
-
 class Gelu(Function):
-    """GELU(x) = x Phi(x), with Phi the standard normal CDF.
-
-    ``approximate="none"`` uses Phi(x) = (1 + erf(x / sqrt 2)) / 2, so
-    d/dx = Phi(x) + x phi(x) with phi the normal density.
-    ``approximate="tanh"`` (GPT-2) uses Phi(x) ~ (1 + tanh(u)) / 2 with
-    u = sqrt(2/pi) (x + 0.044715 x^3), so
-    d/dx = (1 + t)/2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2, t = tanh(u).
-    Only x is saved; backward recomputes the cheap rest.
-    """
+    """GELU(x) = x Phi(x), exact (erf) or GPT-2's tanh approximation; math in ``nn/kernels/gelu.py``."""
 
     def forward(self, x, approximate: str = "none"):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu approximate must be 'none' or 'tanh', not {approximate!r}")
         self.approximate = approximate
         self.save_for_backward(x)
-        xp = xp_of(x)
-        if approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
-            t += 1
-            t *= x
-            t *= 0.5
-            return t
-        cdf = backend.special(xp).erf(x * _SQRT_HALF).astype(x.dtype, copy=False)  # scipy widens float16
-        cdf += 1
-        cdf *= x
-        cdf *= 0.5
-        return cdf
+        return gelu_kernels.gelu_forward(x, approximate)
 
     def backward(self, g):
         (x,) = self.saved_arrays
-        xp = xp_of(x)
-        x2 = x * x
-        if self.approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * x * (1 + _GELU_CUBIC * x2))
-            dudx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x2)
-            grad = (1 + t) * 0.5 + 0.5 * x * (1 - t * t) * dudx
-        else:
-            cdf = 0.5 * (1 + backend.special(xp).erf(x * _SQRT_HALF).astype(x.dtype, copy=False))
-            grad = xp.exp(-0.5 * x2)
-            grad *= _INV_SQRT_2PI
-            grad *= x
-            grad += cdf
-        grad *= g
-        return grad
+        return gelu_kernels.gelu_backward(x, g, self.approximate)
 
 
 class Silu(Function):

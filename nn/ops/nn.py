@@ -20,64 +20,41 @@ import numpy as np
 from nn import backend
 from nn.backend import xp_of
 from nn.function import Function
+from nn.kernels import norm as norm_kernels
+from nn.kernels import softmax as softmax_kernels
+from nn.kernels.blocked import as_rows
+from nn.kernels.embedding import embedding_backward
 from nn.ops.util import sum_to
 
 
-def _compute_dtype(x: Any) -> Any:
-    """float32 for float16 inputs, else the input's own dtype."""
-    return np.float32 if x.dtype == np.float16 else x.dtype
-
-
-def softmax_array(x: Any, axis: int) -> Any:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``, in a single new array."""
-    xp = xp_of(x)
-    y = x.astype(_compute_dtype(x), copy=True)
-    y -= y.max(axis=axis, keepdims=True)
-    xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
-    return y
-
-
-def log_softmax_array(x: Any, axis: int) -> Any:
-    """x - max - log(sum(exp(x - max))) along ``axis``, in a single new array."""
-    xp = xp_of(x)
-    y = x.astype(_compute_dtype(x), copy=True)
-    y -= y.max(axis=axis, keepdims=True)
-    y -= xp.log(xp.exp(y).sum(axis=axis, keepdims=True))
-    return y
+def softmax_array(x: Any, axis: int, log: bool = False) -> Any:
+    """Softmax (or log-softmax) of any array along ``axis``, in the kernels' compute dtype."""
+    rows, restore = as_rows(x, axis)
+    return restore(softmax_kernels.softmax_forward(rows, log=log))
 
 
 class Softmax(Function):
-    """y = softmax(x). With J = diag(y) - y y^T, dx = J g = y * (g - sum(g * y))."""
+    """y = softmax(x) along ``dim``. With J = diag(y) - y y^T, dx = J g = y * (g - sum(g * y))."""
+
+    log = False
 
     def forward(self, x, dim: int = -1):
         self.dim = dim
-        y = softmax_array(x, dim)
+        y = softmax_array(x, dim, log=self.log)
         self.save_for_backward(y)
         return y.astype(x.dtype, copy=False)
 
     def backward(self, g):
         (y,) = self.saved_arrays
-        gx = g * y
-        gx -= y * gx.sum(axis=self.dim, keepdims=True)
-        return gx.astype(g.dtype, copy=False)
+        y_rows, restore = as_rows(y, self.dim)
+        g_rows, _ = as_rows(g, self.dim)
+        return restore(softmax_kernels.softmax_backward(y_rows, g_rows, log=self.log)).astype(g.dtype, copy=False)
 
 
-class LogSoftmax(Function):
+class LogSoftmax(Softmax):
     """y = log softmax(x). dx = g - softmax(x) * sum(g), with softmax = exp(y)."""
 
-    def forward(self, x, dim: int = -1):
-        self.dim = dim
-        y = log_softmax_array(x, dim)
-        self.save_for_backward(y)
-        return y.astype(x.dtype, copy=False)
-
-    def backward(self, g):
-        (y,) = self.saved_arrays
-        gx = xp_of(y).exp(y)
-        gx *= -g.sum(axis=self.dim, keepdims=True)
-        gx += g
-        return gx.astype(g.dtype, copy=False)
+    log = True
 
 
 class CrossEntropy(Function):
@@ -104,7 +81,7 @@ class CrossEntropy(Function):
         safe_targets = xp.where(valid, targets_flat, 0)
         if xp.any((safe_targets < 0) | (safe_targets >= num_classes)):
             raise IndexError(f"target out of range for {num_classes} classes")
-        logp = log_softmax_array(rows, 1)
+        logp = softmax_kernels.softmax_forward(rows, log=True)
         picked = xp.arange(rows.shape[0])
         loss = -logp[picked, safe_targets]
         if label_smoothing:
@@ -156,84 +133,49 @@ def _undo_class_last(rows: Any, shape: tuple[int, ...]) -> Any:
 
 
 class _Norm(Function):
-    """Shared parts of LayerNorm and RMSNorm: the normalised axes are the last ``len(normalized_shape)``."""
+    """Layer norm (``centre=True``) and RMS norm over the last ``len(normalized_shape)`` dims.
 
-    def axes(self, x: Any, normalized_shape: tuple[int, ...]) -> tuple[int, ...]:
+    The math and its derivation are in ``nn/kernels/norm.py``; here the input
+    is viewed as (rows, n) with the normalised dims flattened into n.
+    """
+
+    centre: bool
+
+    def forward(self, x, weight, bias=None, normalized_shape: tuple = (), eps: float | None = None):
         k = len(normalized_shape)
         if tuple(x.shape[x.ndim - k:]) != tuple(normalized_shape):
             raise ValueError(f"normalized_shape {normalized_shape} does not match the end of {x.shape}")
-        self.norm_axes = tuple(range(x.ndim - k, x.ndim))
-        self.batch_axes = tuple(range(x.ndim - k))
-        return self.norm_axes
+        if eps is None:  # RMS norm's default, as PyTorch: the dtype's machine epsilon
+            eps = float(np.finfo(x.dtype).eps)
+        n = math.prod(normalized_shape)
+        self.x_shape, self.param_shape, self.has_bias = x.shape, tuple(normalized_shape), bias is not None
+        w = None if weight is None else weight.reshape(-1)
+        b = None if bias is None else bias.reshape(-1)
+        y, xhat, rstd = norm_kernels.norm_forward(x.reshape(-1, n), w, b, eps, self.centre)
+        self.save_for_backward(xhat, rstd, w)
+        return y.reshape(x.shape)
 
-    def param_grads(self, g: Any, xhat: Any, with_bias: bool) -> tuple[Any, Any]:
-        """d weight = sum over rows of g * xhat; d bias = sum over rows of g."""
-        gw = (g * xhat).sum(axis=self.batch_axes) if self.needs_input_grad[1] else None
-        gb = g.sum(axis=self.batch_axes) if with_bias and self.needs_input_grad[2] else None
-        return gw, gb
-
-    def input_grad(self, g: Any, weight: Any, xhat: Any, rstd: Any, centre: bool) -> Any:
-        """dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)) with gh = g * weight.
-
-        Derivation: xhat = (x - mu) * rstd. Differentiating through mu and rstd
-        gives the two subtracted means; RMS norm has no mu, so it drops the
-        first one.
-        """
-        gh = g * weight if weight is not None else g.copy()
-        correction = xhat * (gh * xhat).mean(axis=self.norm_axes, keepdims=True)
-        if centre:
-            correction += gh.mean(axis=self.norm_axes, keepdims=True)
-        gh -= correction
-        gh *= rstd
-        return gh
+    def backward(self, g):
+        xhat, rstd, w = self.saved_arrays
+        needs = self.needs_input_grad
+        dx, dw, db = norm_kernels.norm_backward(g.reshape(xhat.shape), xhat, rstd, w, self.centre,
+                                                want_weight=needs[1], want_bias=self.has_bias and needs[2])
+        grads = (_cast(dx.reshape(self.x_shape), g.dtype),
+                 None if dw is None else _cast(dw.reshape(self.param_shape), g.dtype),
+                 None if db is None else _cast(db.reshape(self.param_shape), g.dtype))
+        return grads[:len(needs)]  # RMS norm has no bias input
 
 
 class LayerNorm(_Norm):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dims (biased variance)."""
 
-    def forward(self, x, weight, bias, normalized_shape: tuple = (), eps: float = 1e-5):
-        xp = xp_of(x)
-        axes = self.axes(x, normalized_shape)
-        xf = x.astype(_compute_dtype(x), copy=True)
-        xf -= xf.mean(axis=axes, keepdims=True)
-        rstd = xp.reciprocal(xp.sqrt((xf * xf).mean(axis=axes, keepdims=True) + eps))
-        xf *= rstd  # now xhat
-        self.save_for_backward(xf, rstd, weight)
-        self.has_bias = bias is not None
-        y = xf * weight if weight is not None else xf.copy()
-        if bias is not None:
-            y += bias
-        return y.astype(x.dtype, copy=False)
-
-    def backward(self, g):
-        xhat, rstd, weight = self.saved_arrays
-        gf = g.astype(xhat.dtype, copy=False)
-        gx = self.input_grad(gf, weight, xhat, rstd, centre=True) if self.needs_input_grad[0] else None
-        gw, gb = self.param_grads(gf, xhat, self.has_bias)
-        return _cast(gx, g.dtype), _cast(gw, g.dtype), _cast(gb, g.dtype)
+    centre = True
 
 
 class RMSNorm(_Norm):
     """y = x / sqrt(mean(x^2) + eps) * weight over the last dims (no centring, no bias)."""
 
-    def forward(self, x, weight, normalized_shape: tuple = (), eps: float | None = None):
-        xp = xp_of(x)
-        axes = self.axes(x, normalized_shape)
-        if eps is None:
-            eps = float(np.finfo(x.dtype).eps)
-        xf = x.astype(_compute_dtype(x), copy=True)
-        rstd = xp.reciprocal(xp.sqrt((xf * xf).mean(axis=axes, keepdims=True) + eps))
-        xf *= rstd
-        self.save_for_backward(xf, rstd, weight)
-        y = xf * weight if weight is not None else xf
-        return y.astype(x.dtype, copy=False)
-
-    def backward(self, g):
-        xhat, rstd, weight = self.saved_arrays
-        gf = g.astype(xhat.dtype, copy=False)
-        gx = self.input_grad(gf, weight, xhat, rstd, centre=False) if self.needs_input_grad[0] else None
-        gw, _ = self.param_grads(gf, xhat, with_bias=False)
-        return _cast(gx, g.dtype), _cast(gw, g.dtype)
+    centre = False
 
 
 def _cast(a: Any, dtype: Any) -> Any:
@@ -243,10 +185,8 @@ def _cast(a: Any, dtype: Any) -> Any:
 class Embedding(Function):
     """Rows of ``weight`` (V, C) picked by integer ``indices``: out = weight[indices].
 
-    Backward adds each output row's gradient into the row it came from. The
-    same id can appear many times, so this is a scatter-add. NumPy's
-    ``add.at`` is slow for 2-D rows, so the rows are sorted by id and each run
-    of equal ids is summed with one ``add.reduceat``.
+    Backward scatter-adds each output row's gradient into the row it came
+    from (``nn/kernels/embedding.py``); ``padding_idx``'s row gets none.
     """
 
     def forward(self, weight, indices: Any = None, padding_idx: int | None = None):
@@ -254,15 +194,7 @@ class Embedding(Function):
         return weight[indices]
 
     def backward(self, g):
-        xp = xp_of(g)
-        ids = self.indices.reshape(-1)
-        rows = g.reshape(ids.size, -1)
-        grad = xp.zeros(self.weight_shape, dtype=g.dtype)
-        if ids.size:
-            order = xp.argsort(ids, kind="stable")
-            sorted_ids = ids[order]
-            starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), sorted_ids[1:] != sorted_ids[:-1]]))
-            grad[sorted_ids[starts]] = xp.add.reduceat(rows[order], starts, axis=0)
+        grad = embedding_backward(self.indices, g, self.weight_shape[0])
         if self.padding_idx is not None:
             grad[self.padding_idx] = 0
         return grad

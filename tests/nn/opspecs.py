@@ -55,7 +55,8 @@ def grid(offset: float = 0.0) -> st.SearchStrategy[float]:
 
 def array(data, shape, dtype, elements=None, unique: bool = False, contiguous: bool | None = None) -> np.ndarray:
     """Draw an array; half the time as a strided (non-contiguous) view of a larger one."""
-    a = data.draw(hnp.arrays(np.float64, shape, elements=values() if elements is None else elements, unique=unique)).astype(dtype)
+    elements = values() if elements is None else elements
+    a = data.draw(hnp.arrays(np.float64, shape, elements=elements, unique=unique)).astype(dtype)
     if contiguous is None:
         contiguous = data.draw(st.booleans(), label="contiguous")
     if contiguous or a.size <= 1:

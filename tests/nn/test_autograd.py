@@ -213,3 +213,21 @@ def test_mixed_dtype_gradients_come_back_in_each_inputs_dtype():
     out.sum().backward()
     assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
     np.testing.assert_allclose(a.grad.numpy(), [6.0, 8.0])
+
+
+def test_gradients_never_alias_views_the_seed_or_each_other():
+    w = nn.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    b = nn.tensor([1.0, 1.0], requires_grad=True)
+    seed = np.ones(2, np.float32)
+    out = w.reshape(4)[:2] + b  # w's gradient is a view scattered from b's upstream
+    out.backward(seed)
+    w.grad.data *= 7
+    b.grad.data *= 3
+    np.testing.assert_array_equal(seed, [1.0, 1.0])
+    np.testing.assert_array_equal(b.grad.numpy(), [3.0, 3.0])
+    np.testing.assert_array_equal(w.grad.numpy(), [[7.0, 7.0], [0.0, 0.0]])
+    out2 = (w.reshape(4) * 1.0).sum()  # the reshape backward hands w a broadcast view
+    w.grad = None
+    out2.backward()
+    w.grad.data += 1  # must be writeable and private
+    np.testing.assert_array_equal(w.grad.numpy(), np.full((2, 2), 2.0))

@@ -226,3 +226,16 @@ def test_empty_tensors_flow_through_elementwise_reduction_matmul_and_cat():
     assert a.grad.shape == (0, 3)
     np.testing.assert_allclose(b.grad.numpy(), np.zeros((3, 2)))
     assert out.item() == 2.0
+
+
+def test_float32_normal_cdf_of_exact_gelu_is_accurate_to_float32_precision():
+    from nn.kernels.gelu import _normal_cdf_and_density
+
+    x = np.linspace(-9, 9, 200_001)
+    cdf, density = _normal_cdf_and_density(x.astype(np.float32))
+    exact_cdf = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    exact_density = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    assert cdf.dtype == np.float32
+    # A&S 7.1.26's own error (1.5e-7 on erf, half that on Phi) plus float32 rounding: a few ulps near 1.
+    assert np.max(np.abs(cdf - exact_cdf)) < 4e-7
+    assert np.max(np.abs(density - exact_density)) < 1e-7

@@ -1,0 +1,114 @@
+"""GELU forward and backward, exact (erf) or with GPT-2's tanh approximation, cache-blocked.
+
+GELU(x) = x Phi(x), Phi the standard normal CDF, so GELU'(x) = Phi(x) + x phi(x).
+- exact:  Phi(x) = (1 + erf(x / sqrt 2)) / 2,  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+- tanh:   Phi(x) ~ (1 + tanh u) / 2 with u = sqrt(2/pi) (x + 0.044715 x^3);
+          its derivative is (1 + t)/2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2, t = tanh u.
+Only x is kept for backward; the rest is recomputed block by block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nn import backend
+from nn.backend import xp_of
+from nn.kernels.blocked import blocks, compute_dtype
+
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+CUBIC = 0.044715
+INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+# Abramowitz & Stegun 7.1.26: erfc(z) ~ t (a1 + t (a2 + ... + t a5)) exp(-z^2), t = 1 / (1 + p z), z >= 0,
+# absolute error below 1.5e-7: float32 precision. float64 uses scipy's erf, exact to double precision.
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def _normal_cdf_and_density(x):
+    """Phi(x) and phi(x) for one block; float64 via scipy's erf, float32 via A&S 7.1.26 (shares its exp)."""
+    xp = xp_of(x)
+    if x.dtype == np.float64:
+        density = xp.exp(-0.5 * x * x)
+        density *= INV_SQRT_2PI
+        return 0.5 * (1 + backend.special(xp).erf(x * math.sqrt(0.5))), density
+    z = xp.abs(x)
+    z *= math.sqrt(0.5)
+    t = z * _AS_P
+    t += 1
+    xp.reciprocal(t, out=t)
+    poly = t * _AS_A[4]
+    for a in reversed(_AS_A[:4]):
+        poly += a
+        poly *= t
+    gauss = xp.multiply(z, z, out=z)
+    gauss *= -1
+    xp.exp(gauss, out=gauss)  # exp(-x^2 / 2)
+    poly *= gauss
+    poly *= -0.5
+    poly += 0.5  # 0.5 - q with q = 1 - Phi(|x|), the upper tail
+    cdf = xp.copysign(poly, x, out=poly)
+    cdf += 0.5  # Phi(x) = 0.5 + sign(x) (0.5 - q): 1 - q for x >= 0, q below
+    gauss *= INV_SQRT_2PI
+    return cdf, gauss
+
+
+def _tanh_parts(x):
+    """t = tanh(u) and x^2 for one block of the tanh approximation."""
+    xp = xp_of(x)
+    x2 = x * x
+    t = x2 * CUBIC
+    t += 1
+    t *= x
+    t *= SQRT_2_OVER_PI
+    xp.tanh(t, out=t)
+    return t, x2
+
+
+def gelu_forward(x, approximate: str):
+    xp = xp_of(x)
+    flat = xp.ascontiguousarray(x).reshape(-1)
+    out = xp.empty(flat.shape, dtype=x.dtype)
+    dtype = compute_dtype(x.dtype)
+    for s in blocks(xp, flat.size, dtype.itemsize):
+        xb = flat[s].astype(dtype, copy=False)
+        if approximate == "tanh":
+            phi, _ = _tanh_parts(xb)
+            phi += 1
+            phi *= 0.5
+        else:
+            phi, _ = _normal_cdf_and_density(xb)
+        phi *= xb
+        out[s] = phi
+    return out.reshape(x.shape)
+
+
+def gelu_backward(x, g, approximate: str):
+    xp = xp_of(x)
+    flat, gflat = xp.ascontiguousarray(x).reshape(-1), xp.ascontiguousarray(g).reshape(-1)
+    out = xp.empty(flat.shape, dtype=x.dtype)
+    dtype = compute_dtype(x.dtype)
+    for s in blocks(xp, flat.size, dtype.itemsize):
+        xb = flat[s].astype(dtype, copy=False)
+        if approximate == "tanh":
+            t, x2 = _tanh_parts(xb)
+            x2 *= 3 * CUBIC
+            x2 += 1
+            x2 *= xb
+            x2 *= 0.5 * SQRT_2_OVER_PI  # x u'(x) / 2
+            slope = xp.multiply(t, t)
+            xp.subtract(1, slope, out=slope)
+            slope *= x2
+            t += 1
+            t *= 0.5
+            t += slope
+            grad = t
+        else:
+            grad, density = _normal_cdf_and_density(xb)
+            density *= xb
+            grad += density
+        grad *= gflat[s]
+        out[s] = grad
+    return out.reshape(x.shape)
