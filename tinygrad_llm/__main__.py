@@ -1,0 +1,5 @@
+"""``python -m tinygrad_llm``: the same as the ``tinygrad-llm`` command."""
+
+from tinygrad_llm.cli import main
+
+raise SystemExit(main())

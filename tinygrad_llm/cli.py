@@ -1,0 +1,332 @@
+"""The ``tinygrad-llm`` command line.
+
+Each top-level subcommand (today ``tokenizer``; later ``prepare``, ``train``,
+``generate``, ...) is registered by one ``_add_<name>_commands`` function that
+attaches its parser and sets ``func`` (the handler) on the parsed namespace.  A
+handler returns the exit status.
+
+Errors a user can cause (a missing or empty file, invalid UTF-8, an unknown option,
+a corrupt tokenizer file) are reported as one ``tinygrad-llm: error: ...`` line on
+stderr with exit status 2, never as a traceback; output files are written to a
+temporary file and renamed, so they are never left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from tokenizer import Tokenizer, TokenizerFileError
+from tokenizer.patterns import PATTERNS, compile_pattern, resolve_pattern
+
+PROG = "tinygrad-llm"
+
+DEFAULT_VOCAB_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+"""Vocabulary sizes ``tokenizer stats`` measures by default."""
+
+
+class CLIError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become one ``CLIError`` line, not usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every subcommand registered."""
+    parser = _Parser(prog=PROG, description="A GPT toolkit built from scratch.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_tokenizer_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except CLIError as exc:
+        return _fail(str(exc))
+    except TokenizerFileError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", status=130)
+
+
+def _fail(message: str, status: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+# ---------------------------------------------------------------------- tokenizer
+
+
+def _add_tokenizer_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm tokenizer train|encode|decode|stats``."""
+    tok = commands.add_parser("tokenizer", help="train and use the BPE tokenizer")
+    sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="learn a BPE vocabulary from text files (default: the stdlib corpus)")
+    p.add_argument("--output", "-o", required=True, type=Path, help="tokenizer file to write")
+    p.add_argument("--vocab-size", type=int, default=8192, help="tokens, special tokens included")
+    _add_corpus_options(p)
+    p.add_argument("--special", action="append", default=None, metavar="TOKEN",
+                   help="a special token (repeatable; default <|endoftext|>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=_tokenizer_train)
+
+    p = sub.add_parser("encode", help="text -> token ids (one line, space separated)")
+    p.add_argument("--tokenizer", "-t", required=True, type=Path)
+    p.add_argument("--input", "-i", type=Path, help="UTF-8 text file (default: stdin)")
+    p.add_argument("--output", "-o", type=Path, help="file for the ids (default: stdout)")
+    p.add_argument("--allow-special", action="store_true",
+                   help="encode special-token strings as special tokens (default: refuse them)")
+    p.set_defaults(func=_tokenizer_encode)
+
+    p = sub.add_parser("decode", help="token ids (whitespace separated) -> text")
+    p.add_argument("--tokenizer", "-t", required=True, type=Path)
+    p.add_argument("--input", "-i", type=Path, help="file of ids (default: stdin)")
+    p.add_argument("--output", "-o", type=Path, help="file for the text (default: stdout)")
+    p.set_defaults(func=_tokenizer_decode)
+
+    p = sub.add_parser("stats", help="bytes per token on held-out text for several vocabulary sizes")
+    p.add_argument("--vocab-sizes", type=_int_list, default=DEFAULT_VOCAB_SIZES,
+                   help="comma-separated sizes (default: 512,...,65536)")
+    _add_corpus_options(p)
+    p.add_argument("--heldout", type=Path, action="append", default=None, metavar="FILE",
+                   help="held-out UTF-8 file (repeatable; default: the stdlib validation split)")
+    p.add_argument("--json", type=Path, help="write the table as JSON here")
+    p.add_argument("--plot", type=Path, help="write the curve as a PNG here")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=_tokenizer_stats)
+
+
+def _add_corpus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", "-i", type=Path, action="append", default=None, metavar="FILE",
+                   help="UTF-8 training text (repeatable; default: the stdlib corpus, train split)")
+    p.add_argument("--pattern", default="gpt4",
+                   help=f"split pattern: {' or '.join(PATTERNS)} (default gpt4) or a regex")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("empty list of vocabulary sizes")
+    return sizes
+
+
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    pattern = _checked_pattern(args.pattern)
+    specials = args.special if args.special is not None else ["<|endoftext|>"]
+    texts, describe = _training_texts(args.input)
+    start = time.perf_counter()
+    try:
+        tok = Tokenizer.train(texts, args.vocab_size, pattern=pattern, special_tokens=specials,
+                              progress=not args.quiet and sys.stderr.isatty())
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if tok.vocab_size < args.vocab_size:
+        print(f"{PROG}: warning: {describe} ran out of pairs: vocabulary has {tok.vocab_size} tokens",
+              file=sys.stderr)
+    tok.save(args.output)
+    if not args.quiet:
+        print(f"trained {tok.vocab_size} tokens on {describe} in {time.perf_counter() - start:.1f}s "
+              f"-> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _tokenizer_encode(args: argparse.Namespace) -> int:
+    tok = Tokenizer.load(args.tokenizer)
+    text = _read_utf8(args.input) if args.input else _read_stdin_utf8()
+    try:
+        ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    _write_output(args.output, (" ".join(map(str, ids)) + "\n").encode("ascii"))
+    return 0
+
+
+def _tokenizer_decode(args: argparse.Namespace) -> int:
+    tok = Tokenizer.load(args.tokenizer)
+    source = str(args.input) if args.input else "stdin"
+    raw = args.input.read_bytes() if args.input else sys.stdin.buffer.read()
+    try:
+        ids = [int(word) for word in raw.split()]
+    except ValueError:
+        raise CLIError(f"{source}: expected whitespace-separated integer token ids") from None
+    try:
+        data = tok.decode_bytes(ids)
+    except KeyError as exc:
+        raise CLIError(f"{source}: {exc.args[0]}") from None
+    _write_output(args.output, data)
+    return 0
+
+
+def _tokenizer_stats(args: argparse.Namespace) -> int:
+    pattern = _checked_pattern(args.pattern)
+    sizes = sorted(set(args.vocab_sizes))
+    if sizes[0] < 257:
+        raise CLIError(f"vocabulary sizes must be at least 257 (256 bytes + <|endoftext|>), got {sizes[0]}")
+    texts, describe = _training_texts(args.input)
+    if args.heldout:
+        heldout = [_read_utf8(path) for path in args.heldout]
+        heldout_name = ", ".join(map(str, args.heldout))
+    else:
+        from tinygrad_llm.data.sources import StdlibCorpus
+
+        heldout = list(StdlibCorpus("validation").texts())
+        heldout_name = "stdlib corpus, validation split"
+    heldout_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in heldout)
+    if heldout_bytes == 0:
+        raise CLIError("the held-out text is empty")
+
+    # BPE is greedy and its merge order does not depend on the target size, so the
+    # vocabulary of size V is the first V - 1 tokens of one run at the largest size
+    # (plus <|endoftext|>): one training run serves every size.
+    start = time.perf_counter()
+    try:
+        big = Tokenizer.train(texts, sizes[-1], pattern=pattern,
+                              progress=not args.quiet and sys.stderr.isatty())
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    train_seconds = time.perf_counter() - start
+    ranks = big.to_tiktoken_ranks()
+    rows = []
+    for size in sizes:
+        prefix = {token: rank for token, rank in ranks.items() if rank < size - 1}
+        tok = Tokenizer(prefix, pattern, {"<|endoftext|>": len(prefix)})
+        n_tokens = sum(len(tok.encode_ordinary(t)) for t in heldout)
+        rows.append({"vocab_size": tok.vocab_size, "requested_vocab_size": size, "tokens": n_tokens,
+                     "bytes_per_token": round(heldout_bytes / n_tokens, 4)})
+
+    print(f"bytes per token on {heldout_name} ({heldout_bytes:,} bytes); trained on {describe}")
+    print(f"{'vocab size':>10}  {'tokens':>10}  {'bytes/token':>11}")
+    for row in rows:
+        print(f"{row['vocab_size']:>10}  {row['tokens']:>10}  {row['bytes_per_token']:>11.3f}")
+    result = {"train_corpus": describe, "heldout": heldout_name, "heldout_bytes": heldout_bytes,
+              "pattern": pattern, "training_seconds": round(train_seconds, 2),
+              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    if args.json:
+        _write_output(args.json, (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())
+    if args.plot:
+        _plot_bytes_per_token(rows, heldout_name, args.plot)
+    return 0
+
+
+def _plot_bytes_per_token(rows: list[dict], heldout_name: str, path: Path) -> None:
+    """Save the bytes-per-token curve (log2 vocabulary size on x) as a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["vocab_size"] for r in rows], [r["bytes_per_token"] for r in rows], marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("vocabulary size")
+    ax.set_ylabel("bytes per token (held-out)")
+    ax.set_title(f"BPE compression on {heldout_name}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- input and output
+
+
+def _checked_pattern(pattern: str) -> str:
+    pattern = resolve_pattern(pattern)
+    try:
+        compile_pattern(pattern)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return pattern
+
+
+def _training_texts(inputs: list[Path] | None) -> tuple[Iterable[str], str]:
+    """The training documents and a description: the given files, or the stdlib corpus."""
+    if inputs:
+        texts = [_read_utf8(path) for path in inputs]
+        if not any(texts):
+            raise CLIError("the training input is empty")
+        return texts, ", ".join(map(str, inputs))
+    from tinygrad_llm.data.sources import StdlibCorpus
+
+    return StdlibCorpus("train").texts(), "stdlib corpus, train split"
+
+
+def _read_utf8(path: Path) -> str:
+    """Read a UTF-8 text file; a missing or empty file or invalid UTF-8 is a ``CLIError``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CLIError(f"{path}: is a directory") from None
+    if not data:
+        raise CLIError(f"{path}: file is empty")
+    return _decode_utf8(data, str(path))
+
+
+def _read_stdin_utf8() -> str:
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise CLIError("stdin: no input")
+    return _decode_utf8(data, "stdin")
+
+
+def _decode_utf8(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start]
+        raise CLIError(f"{source}: invalid UTF-8 (byte 0x{bad:02x} at offset {exc.start})") from None
+
+
+def _write_output(path: Path | None, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, or to stdout if ``path`` is None."""
+    if path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _atomic(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: where text comes from (``sources``), and later cleaning, dedup and token shards."""
