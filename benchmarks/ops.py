@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC
 
 
 def _set_threads_before_numpy_loads(threads: int) -> None:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import platform
     import statistics
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import numpy as np
     import torch
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [r["ratio"] for r in results]
     report = {
         "benchmark": "ops: forward+backward per op, ours vs PyTorch CPU",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "threads": args.threads},
         "versions": {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__},

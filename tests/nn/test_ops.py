@@ -11,6 +11,8 @@ Inputs include size-1 and broadcast dimensions and strided (non-contiguous) view
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,11 @@ from hypothesis import strategies as st
 from opspecs import SPECS
 
 import nn
+
+
+# Examples per op and property; EXAMPLES_SCALE=10 make test for a longer hunt.
+SCALE = int(os.environ.get("EXAMPLES_SCALE", "1"))
+GRADCHECK_EXAMPLES, FLOAT64_EXAMPLES, FLOAT32_EXAMPLES, FLOAT16_EXAMPLES = (n * SCALE for n in (100, 60, 40, 20))
 
 
 def _upstream(shape, dtype, seed: int = 0) -> np.ndarray:
@@ -52,7 +59,7 @@ def _assert_close(ours, theirs, rtol, scale_atol, what):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-@settings(max_examples=30)
+@settings(max_examples=GRADCHECK_EXAMPLES)
 @given(data=st.data())
 def test_gradient_matches_finite_differences(spec, data):
     arrays, kwargs = spec.draw(data, np.float64)
@@ -61,7 +68,7 @@ def test_gradient_matches_finite_differences(spec, data):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-@settings(max_examples=25)
+@settings(max_examples=FLOAT64_EXAMPLES)
 @given(data=st.data())
 def test_matches_torch_float64_and_leaves_inputs_alone(spec, data):
     arrays, kwargs = spec.draw(data, np.float64)
@@ -77,7 +84,7 @@ def test_matches_torch_float64_and_leaves_inputs_alone(spec, data):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-@settings(max_examples=15)
+@settings(max_examples=FLOAT32_EXAMPLES)
 @given(data=st.data())
 def test_matches_torch_float32(spec, data):
     arrays, kwargs = spec.draw(data, np.float32)
@@ -92,7 +99,7 @@ def test_matches_torch_float32(spec, data):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-@settings(max_examples=8)
+@settings(max_examples=FLOAT16_EXAMPLES)
 @given(data=st.data())
 def test_float16_stays_float16(spec, data):
     arrays, kwargs = spec.draw(data, np.float16)
