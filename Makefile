@@ -1,5 +1,5 @@
 # Two commands a newcomer needs: `make test` and `make train`.
-# Each creates the virtual environment on first use and installs the project into it.
+# Each creates the virtual environment (.venv) on first use and installs the project into it.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,16 +13,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/ruff check nn tokenizer tinygrad_llm tests benchmarks
+test: lint
 	$(BIN)/python -m pytest -q tests
 
+lint: $(STAMP)
+	$(BIN)/ruff check nn tokenizer tinygrad_llm tests benchmarks
+
 train: $(STAMP)
-	@test -f examples/train_gpt.py || { echo "make train: the main job (examples/train_gpt.py) is not built yet; see issue 5" >&2; exit 2; }
+	@test -f examples/train_gpt.py || { echo "make train: the main job (examples/train_gpt.py) is not built yet (issue 5)" >&2; exit 2; }
 	$(BIN)/python examples/train_gpt.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ops.py
+	$(BIN)/python benchmarks/tokenizer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

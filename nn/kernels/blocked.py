@@ -29,6 +29,23 @@ def blocks(xp, count: int, bytes_per_item: int) -> Iterator[slice]:
         yield slice(start, min(start + step, count))
 
 
+def map_blocks(fn, x, *others):
+    """``fn(x_block, *other_blocks)`` over flat cache-sized blocks, in the compute dtype; returns x's shape and dtype.
+
+    ``others`` have x's shape (e.g. the upstream gradient). ``fn`` may work in
+    place on the blocks it gets: they are copies when x is not float32/float64
+    contiguous, and views of the inputs never reach it otherwise, since the
+    result is written to a fresh output.
+    """
+    xp = xp_of(x)
+    dtype = compute_dtype(x.dtype)
+    flats = [xp.ascontiguousarray(a).reshape(-1) for a in (x, *others)]
+    out = xp.empty(flats[0].shape, dtype=x.dtype)
+    for s in blocks(xp, out.size, dtype.itemsize):
+        out[s] = fn(*(f[s].astype(dtype, copy=False) for f in flats))
+    return out.reshape(x.shape)
+
+
 def compute_dtype(dtype) -> np.dtype:
     """The dtype kernels compute in: float32 for float16 (too imprecise for sums and exponentials)."""
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)

@@ -15,7 +15,7 @@ import numpy as np
 
 from nn import backend
 from nn.backend import xp_of
-from nn.kernels.blocked import blocks, compute_dtype
+from nn.kernels.blocked import map_blocks
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 CUBIC = 0.044715
@@ -68,12 +68,9 @@ def _tanh_parts(x):
 
 
 def gelu_forward(x, approximate: str):
-    xp = xp_of(x)
-    flat = xp.ascontiguousarray(x).reshape(-1)
-    out = xp.empty(flat.shape, dtype=x.dtype)
-    dtype = compute_dtype(x.dtype)
-    for s in blocks(xp, flat.size, dtype.itemsize):
-        xb = flat[s].astype(dtype, copy=False)
+    """GELU(x) = x Phi(x)."""
+
+    def block(xb):
         if approximate == "tanh":
             phi, _ = _tanh_parts(xb)
             phi += 1
@@ -81,34 +78,32 @@ def gelu_forward(x, approximate: str):
         else:
             phi, _ = _normal_cdf_and_density(xb)
         phi *= xb
-        out[s] = phi
-    return out.reshape(x.shape)
+        return phi
+
+    return map_blocks(block, x)
 
 
 def gelu_backward(x, g, approximate: str):
-    xp = xp_of(x)
-    flat, gflat = xp.ascontiguousarray(x).reshape(-1), xp.ascontiguousarray(g).reshape(-1)
-    out = xp.empty(flat.shape, dtype=x.dtype)
-    dtype = compute_dtype(x.dtype)
-    for s in blocks(xp, flat.size, dtype.itemsize):
-        xb = flat[s].astype(dtype, copy=False)
+    """g * GELU'(x) = g * (Phi(x) + x phi(x))."""
+
+    def block(xb, gb):
         if approximate == "tanh":
             t, x2 = _tanh_parts(xb)
             x2 *= 3 * CUBIC
             x2 += 1
             x2 *= xb
             x2 *= 0.5 * SQRT_2_OVER_PI  # x u'(x) / 2
-            slope = xp.multiply(t, t)
-            xp.subtract(1, slope, out=slope)
-            slope *= x2
+            slope = t * t
+            slope -= 1
+            slope *= -x2  # x (1 - t^2) u'(x) / 2
             t += 1
             t *= 0.5
-            t += slope
-            grad = t
+            grad = t + slope
         else:
             grad, density = _normal_cdf_and_density(xb)
             density *= xb
             grad += density
-        grad *= gflat[s]
-        out[s] = grad
-    return out.reshape(x.shape)
+        grad *= gb
+        return grad
+
+    return map_blocks(block, x, g)

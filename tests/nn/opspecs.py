@@ -57,7 +57,7 @@ def array(data, shape, dtype, elements=None, unique: bool = False, layout: str |
           offset: np.ndarray | float = 0.0) -> np.ndarray:
     """Draw an array (plus ``offset``) in one of three memory layouts: C-contiguous, strided view, transposed."""
     elements = values() if elements is None else elements
-    a = (data.draw(hnp.arrays(np.float64, shape, elements=elements, unique=unique)) + offset).astype(dtype)
+    a = np.asarray(data.draw(hnp.arrays(np.float64, shape, elements=elements, unique=unique)) + offset, dtype=dtype)
     if layout is None:
         layout = data.draw(st.sampled_from(["contiguous", "strided", "transposed"]), label="layout")
     if layout == "strided" and a.size > 1:

@@ -239,3 +239,18 @@ def test_float32_normal_cdf_of_exact_gelu_is_accurate_to_float32_precision():
     # A&S 7.1.26's own error (1.5e-7 on erf, half that on Phi) plus float32 rounding: a few ulps near 1.
     assert np.max(np.abs(cdf - exact_cdf)) < 4e-7
     assert np.max(np.abs(density - exact_density)) < 1e-7
+
+
+def test_softmax_rows_far_below_the_rest_of_their_block_stay_exact():
+    # one shift per block is used; rows 300 below it must be redone with their own max
+    x = np.array([[0.0, 1.0, 2.0], [-300.0, -299.0, -301.0], [-90.0, -89.5, -95.0]], dtype=np.float32)
+    for fn, ref in ((F.softmax, TF.softmax), (F.log_softmax, TF.log_softmax)):
+        np.testing.assert_allclose(fn(nn.tensor(x), -1).numpy(), ref(torch.tensor(x), -1).numpy(), rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_softmax_of_a_fully_masked_row_is_nan_like_torch():
+    x = np.array([[0.0, 1.0], [-np.inf, -np.inf]], dtype=np.float32)
+    ours, theirs = F.softmax(nn.tensor(x), -1).numpy(), TF.softmax(torch.tensor(x), -1).numpy()
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)

@@ -23,7 +23,6 @@ from opspecs import SPECS
 
 import nn
 
-
 # Examples per op and property; EXAMPLES_SCALE=10 make test for a longer hunt.
 SCALE = int(os.environ.get("EXAMPLES_SCALE", "1"))
 GRADCHECK_EXAMPLES, FLOAT64_EXAMPLES, FLOAT32_EXAMPLES, FLOAT16_EXAMPLES = (n * SCALE for n in (100, 60, 40, 20))
@@ -67,35 +66,34 @@ def test_gradient_matches_finite_differences(spec, data):
     assert nn.gradcheck(lambda *xs: spec.ours(*xs, **kwargs), inputs)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=str)
-@settings(max_examples=FLOAT64_EXAMPLES)
-@given(data=st.data())
-def test_matches_torch_float64_and_leaves_inputs_alone(spec, data):
-    arrays, kwargs = spec.draw(data, np.float64)
+def _compare_with_torch(spec, data, dtype, rtol: float, atol: float) -> None:
+    """Same inputs through ours and PyTorch: same output dtype, values and input gradients; inputs untouched."""
+    arrays, kwargs = spec.draw(data, dtype)
     before = [np.copy(a) for a in arrays]
     out, grads = _run_ours(spec, arrays, kwargs)
     ref_out, ref_grads = _run_torch(spec, arrays, kwargs)
     assert out.dtype == ref_out.dtype, f"output dtype {out.dtype}, PyTorch gives {ref_out.dtype}"
-    _assert_close(out.numpy(), ref_out, 1e-10, 1e-12, "forward")
+    _assert_close(out.numpy(), ref_out, rtol, atol, "forward")
+    float_inputs = [a for a in arrays if is_float_array(a)]
     for i, (g, rg) in enumerate(zip(grads, ref_grads, strict=True)):
-        _assert_close(g, rg, 1e-10, 1e-12, f"gradient of input {i}")
+        assert g.dtype == float_inputs[i].dtype, f"gradient of input {i} is {g.dtype}"
+        _assert_close(g, rg, rtol, atol, f"gradient of input {i}")
     for a, b in zip(arrays, before, strict=True):
         np.testing.assert_array_equal(a, b, err_msg="the op modified its input")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@settings(max_examples=FLOAT64_EXAMPLES)
+@given(data=st.data())
+def test_matches_torch_float64_and_leaves_inputs_alone(spec, data):
+    _compare_with_torch(spec, data, np.float64, 1e-10, 1e-12)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @settings(max_examples=FLOAT32_EXAMPLES)
 @given(data=st.data())
 def test_matches_torch_float32(spec, data):
-    arrays, kwargs = spec.draw(data, np.float32)
-    out, grads = _run_ours(spec, arrays, kwargs)
-    ref_out, ref_grads = _run_torch(spec, arrays, kwargs)
-    assert out.dtype == ref_out.dtype, f"output dtype {out.dtype}, PyTorch gives {ref_out.dtype}"
-    tol = spec.tolerance_f32
-    _assert_close(out.numpy(), ref_out, tol, tol, "forward")
-    for i, (g, rg) in enumerate(zip(grads, ref_grads, strict=True)):
-        assert g.dtype == arrays[[j for j, a in enumerate(arrays) if is_float_array(a)][i]].dtype
-        _assert_close(g, rg, tol, tol, f"gradient of input {i}")
+    _compare_with_torch(spec, data, np.float32, spec.tolerance_f32, spec.tolerance_f32)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
