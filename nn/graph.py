@@ -21,7 +21,8 @@ def _describe(t: Tensor) -> str:
 
 def to_dot(root: Tensor) -> str:
     """The graph behind ``root`` as Graphviz DOT text."""
-    lines = ["digraph autograd {", '  rankdir="LR";', '  node [fontname="Helvetica", fontsize=10];']
+    lines = ["digraph autograd {", '  rankdir="LR";', '  node [fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=9];']
     names: dict[int, str] = {}
     stack, seen = [root], set()
     while stack:
