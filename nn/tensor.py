@@ -529,10 +529,6 @@ def _topological_order(root: Tensor) -> list[Tensor]:
 
 
 # ---------------------------------------------------------------- factories
-def _make(array: Any, requires_grad: bool) -> Tensor:
-    return Tensor(array, requires_grad=requires_grad)
-
-
 def _float_dtype(dtype: Any) -> np.dtype:
     return backend.DEFAULT_DTYPE if dtype is None else as_dtype(dtype)
 
@@ -548,30 +544,32 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, device: st
         array = xp.asarray(data)
         if array.dtype == np.float64 and not hasattr(data, "dtype"):
             array = array.astype(backend.DEFAULT_DTYPE)
-    return _make(array, requires_grad)
+    return Tensor(array, requires_grad=requires_grad)
 
 
 def zeros(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
     xp = backend.array_module(device)
-    return _make(xp.zeros(_shape_arg(shape), dtype=_float_dtype(dtype)), requires_grad)
+    return Tensor(xp.zeros(_shape_arg(shape), dtype=_float_dtype(dtype)), requires_grad=requires_grad)
 
 
 def ones(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
     xp = backend.array_module(device)
-    return _make(xp.ones(_shape_arg(shape), dtype=_float_dtype(dtype)), requires_grad)
+    return Tensor(xp.ones(_shape_arg(shape), dtype=_float_dtype(dtype)), requires_grad=requires_grad)
 
 
 def full(shape, fill_value: Scalar, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
     xp = backend.array_module(device)
-    return _make(xp.full(_shape_arg((shape,)), fill_value, dtype=_float_dtype(dtype)), requires_grad)
+    return Tensor(xp.full(_shape_arg((shape,)), fill_value, dtype=_float_dtype(dtype)), requires_grad=requires_grad)
 
 
 def zeros_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
-    return _make(xp_of(t.data).zeros(t.shape, dtype=t.dtype if dtype is None else as_dtype(dtype)), requires_grad)
+    dtype = t.dtype if dtype is None else as_dtype(dtype)
+    return Tensor(xp_of(t.data).zeros(t.shape, dtype=dtype), requires_grad=requires_grad)
 
 
 def ones_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tensor:
-    return _make(xp_of(t.data).ones(t.shape, dtype=t.dtype if dtype is None else as_dtype(dtype)), requires_grad)
+    dtype = t.dtype if dtype is None else as_dtype(dtype)
+    return Tensor(xp_of(t.data).ones(t.shape, dtype=dtype), requires_grad=requires_grad)
 
 
 def arange(start: Scalar, end: Scalar | None = None, step: Scalar = 1, dtype: Any = None,
@@ -583,21 +581,21 @@ def arange(start: Scalar, end: Scalar | None = None, step: Scalar = 1, dtype: An
         all_ints = all(isinstance(v, int) for v in (start, end, step))
         dtype = np.int64 if all_ints else backend.DEFAULT_DTYPE
     xp = backend.array_module(device)
-    return _make(xp.arange(start, end, step, dtype=as_dtype(dtype)), requires_grad)
+    return Tensor(xp.arange(start, end, step, dtype=as_dtype(dtype)), requires_grad=requires_grad)
 
 
 def randn(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
     """Standard normal samples from the engine's seedable generator (``nn.manual_seed``)."""
     dtype = _float_dtype(dtype)
     array = backend.rng().standard_normal(_shape_arg(shape)).astype(dtype)
-    return _make(backend.to_device(array, device), requires_grad)
+    return Tensor(backend.to_device(array, device), requires_grad=requires_grad)
 
 
 def rand(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "cpu") -> Tensor:
     """Uniform samples in [0, 1) from the engine's seedable generator."""
     dtype = _float_dtype(dtype)
     array = backend.rng().random(_shape_arg(shape)).astype(dtype)
-    return _make(backend.to_device(array, device), requires_grad)
+    return Tensor(backend.to_device(array, device), requires_grad=requires_grad)
 
 
 # The op modules build Tensors, so they are imported once Tensor exists.

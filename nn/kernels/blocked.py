@@ -52,15 +52,21 @@ def compute_dtype(dtype) -> np.dtype:
 
 
 def as_rows(x, axis: int):
-    """``x`` as a C-contiguous 2-D (rows, n) array with ``axis`` last, and a function undoing that."""
+    """``x`` as a C-contiguous 2-D (rows, n) array with ``axis`` last, and a function undoing that.
+
+    (C,) gives (1, C); (N, C) with axis 1 is unchanged; (N, C, d) with axis 1 gives (N * d, C).
+    The returned function holds only shapes, never the array.
+    """
     xp = xp_of(x)
-    axis = axis % x.ndim if x.ndim else 0
-    moved = x if axis == x.ndim - 1 or x.ndim == 0 else xp.moveaxis(x, axis, -1)
+    ndim = x.ndim
+    axis = axis % ndim if ndim else 0
+    last = axis == ndim - 1 or ndim == 0
+    moved = x if last else xp.moveaxis(x, axis, -1)
     moved_shape = moved.shape
-    rows = xp.ascontiguousarray(moved).reshape(-1, moved_shape[-1] if moved.ndim else 1)
+    rows = xp.ascontiguousarray(moved).reshape(-1, moved_shape[-1] if ndim else 1)
 
     def restore(r):
         out = r.reshape(moved_shape)
-        return out if axis == x.ndim - 1 or x.ndim == 0 else xp.moveaxis(out, -1, axis)
+        return out if last else xp.moveaxis(out, -1, axis)
 
     return rows, restore

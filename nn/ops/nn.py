@@ -58,7 +58,7 @@ class LogSoftmax(Softmax):
 
 
 class CrossEntropy(Function):
-    """Softmax cross-entropy between logits (N, C) and class indices (N,), fused.
+    """Softmax cross-entropy between logits (N, C) (or (C,), (N, C, d...)) and class indices, fused.
 
     loss_i = -(1 - eps) log p_i[t_i] - (eps / C) sum_c log p_i[c]
     (eps = label smoothing), so d loss_i / d logits_i = p_i - (1 - eps) onehot(t_i) - eps / C.
@@ -73,9 +73,9 @@ class CrossEntropy(Function):
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
         xp = xp_of(logits)
-        self.logits_shape, self.logits_dtype = logits.shape, logits.dtype
-        rows, targets_flat = _class_last(logits), targets.reshape(-1)
-        self.targets_shape = targets.shape
+        self.logits_dtype = logits.dtype
+        rows, self.restore_logits_shape = as_rows(logits, 1)  # class dim last, one row per prediction
+        targets_flat = targets.reshape(-1)
         num_classes = rows.shape[1]
         valid = targets_flat != ignore_index
         safe_targets = xp.where(valid, targets_flat, 0)
@@ -113,23 +113,7 @@ class CrossEntropy(Function):
             total = g.astype(grad.dtype) / (self.count if self.reduction == "mean" and self.count else 1)
             row_scale = valid * total
         grad *= row_scale[:, None]
-        return _undo_class_last(grad.astype(self.logits_dtype, copy=False), self.logits_shape)
-
-
-def _class_last(logits: Any) -> Any:
-    """(N, C, d1, ...) -> (N * d1 * ..., C); (C,) -> (1, C); (N, C) unchanged."""
-    if logits.ndim == 1:
-        return logits.reshape(1, -1)
-    if logits.ndim == 2:
-        return logits
-    return xp_of(logits).moveaxis(logits, 1, -1).reshape(-1, logits.shape[1])
-
-
-def _undo_class_last(rows: Any, shape: tuple[int, ...]) -> Any:
-    if len(shape) <= 2:
-        return rows.reshape(shape)
-    moved = rows.reshape((shape[0],) + shape[2:] + (shape[1],))
-    return xp_of(rows).moveaxis(moved, -1, 1)
+        return self.restore_logits_shape(grad.astype(self.logits_dtype, copy=False))
 
 
 class _Norm(Function):
