@@ -212,13 +212,15 @@ class Tensor:
                 raise RuntimeError(f"grad can be implicitly created only for one-element outputs, not {self.shape}")
             seed = xp.ones_like(self.data)
         else:
-            seed = xp.array(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)  # a copy
+            seed = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
             if seed.shape != self.data.shape:
                 raise RuntimeError(f"grad of shape {seed.shape} given for a tensor of shape {self.shape}")
 
         profiler = _profiler_state()
         grads: dict[int, Any] = {id(self): seed}
-        stored: set[int] = set()  # arrays already kept as some tensor's .grad in this pass
+        # Arrays a leaf may not keep as its .grad without copying: those another tensor already kept
+        # in this pass, and the caller's own gradient array (the seed), which is not ours to hand out.
+        stored: set[int] = {id(seed)}
         with no_grad():
             for t in reversed(_topological_order(self)):
                 g = grads.pop(id(t), None)

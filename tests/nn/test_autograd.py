@@ -231,3 +231,11 @@ def test_gradients_never_alias_views_the_seed_or_each_other():
     out2.backward()
     w.grad.data += 1  # must be writeable and private
     np.testing.assert_array_equal(w.grad.numpy(), np.full((2, 2), 2.0))
+
+
+def test_a_leaf_that_receives_the_callers_gradient_unchanged_gets_a_copy():
+    x = nn.ones(3, requires_grad=True)
+    upstream = np.array([1.0, 2.0, 3.0], np.float32)
+    x.backward(upstream)  # the root is the leaf itself
+    x.grad.data *= 0
+    np.testing.assert_array_equal(upstream, [1.0, 2.0, 3.0])
