@@ -324,14 +324,15 @@ class Where(_Binary):
 
     def forward(self, x, y, cond: Any = None):
         self.remember_shapes(x, y)
-        self.cond = cond
+        self.save_for_backward(cond)
         return xp_of(x).where(cond, x, y)
 
     def backward(self, g):
+        (cond,) = self.saved_arrays
         xp = xp_of(g)
         need_x, need_y = self.needs_input_grad
-        gx = xp.where(self.cond, g, 0) if need_x else None
-        gy = xp.where(self.cond, 0, g) if need_y else None
+        gx = xp.where(cond, g, 0) if need_x else None
+        gy = xp.where(cond, 0, g) if need_y else None
         return self.reduce_grads(gx, gy)
 
 
@@ -339,11 +340,12 @@ class MaskedFill(Function):
     """x with ``value`` wherever ``mask`` is True; no gradient flows through the filled places."""
 
     def forward(self, x, mask: Any = None, value: float = 0.0):
-        self.mask = mask
+        self.save_for_backward(mask)
         return xp_of(x).where(mask, value, x)
 
     def backward(self, g):
-        return xp_of(g).where(self.mask, 0, g)
+        (mask,) = self.saved_arrays
+        return xp_of(g).where(mask, 0, g)
 
 
 class Cast(Function):

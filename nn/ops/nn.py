@@ -174,11 +174,13 @@ class Embedding(Function):
     """
 
     def forward(self, weight, indices: Any = None, padding_idx: int | None = None):
-        self.indices, self.padding_idx, self.weight_shape = indices, padding_idx, weight.shape
+        self.padding_idx, self.weight_shape = padding_idx, weight.shape
+        self.save_for_backward(indices)
         return weight[indices]
 
     def backward(self, g):
-        grad = embedding_backward(self.indices, g, self.weight_shape[0])
+        (indices,) = self.saved_arrays
+        grad = embedding_backward(indices, g, self.weight_shape[0])
         if self.padding_idx is not None:
             grad[self.padding_idx] = 0
         return grad

@@ -86,13 +86,15 @@ class TakeAlongDim(Function):
     """``x`` gathered at integer ``index`` along ``dim`` (torch.take_along_dim); scatter in backward."""
 
     def forward(self, x, index: Any = None, dim: int = 0):
-        self.index, self.dim, self.input_shape = index, dim, x.shape
+        self.dim, self.input_shape = dim, x.shape
+        self.save_for_backward(index)
         return xp_of(x).take_along_axis(x, index, axis=dim)
 
     def backward(self, g):
         xp = xp_of(g)
         gx = xp.zeros(self.input_shape, dtype=g.dtype)
-        xp.add.at(gx, _full_index(self.index, self.dim), g)  # add, not assign: an index may repeat
+        (index,) = self.saved_arrays
+        xp.add.at(gx, _full_index(index, self.dim), g)  # add, not assign: an index may repeat
         return gx
 
 

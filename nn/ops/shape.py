@@ -94,16 +94,18 @@ class GetItem(Function):
     """
 
     def forward(self, x, index: Any = None):
-        self.index, self.input_shape = index, x.shape
+        self.input_shape = x.shape
+        self.save_for_backward(index)  # may hold integer or boolean index arrays
         return x[index]
 
     def backward(self, g):
         xp = xp_of(g)
         gx = xp.zeros(self.input_shape, dtype=g.dtype)
-        if _is_basic(self.index):
-            gx[self.index] = g
+        (index,) = self.saved_arrays
+        if _is_basic(index):
+            gx[index] = g
         else:
-            xp.add.at(gx, self.index, g)
+            xp.add.at(gx, index, g)
         return gx
 
 
