@@ -1,19 +1,12 @@
-"""Shared test set-up: hypothesis profiles and the conversions between our tensors and PyTorch's."""
+"""Shared engine-test set-up: the conversions between our tensors and PyTorch's, a fixed seed."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
 import nn
-
-# No deadline (a first NumPy call can be slow), and the failing example is printed for reproduction.
-settings.register_profile("engine", deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.filter_too_much])
-settings.load_profile("engine")
 
 torch.set_num_threads(1)
 
