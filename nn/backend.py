@@ -8,6 +8,7 @@ devices. CuPy is optional; asking for ``"cuda"`` without it fails with one line.
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -127,3 +128,8 @@ def special(xp: ModuleType) -> ModuleType:
     import cupyx.scipy.special
 
     return cupyx.scipy.special
+
+
+def quiet_float_errors(xp: ModuleType):
+    """Silence divide/invalid warnings in a formula that masks its own NaN/inf (a no-op on CuPy)."""
+    return np.errstate(divide="ignore", invalid="ignore") if xp is np else contextlib.nullcontext()

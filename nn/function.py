@@ -126,7 +126,8 @@ class Function:
             # NumPy reductions return scalars; keep a 0-d array of the same dtype.
             like = next(a for a in arrays if a is not None)
             out = xp_of(like).asarray(out)
-        requires_grad = _grad_enabled and any(fn.needs_input_grad)
+        # Integer and boolean results (a cast to int64, say) have no gradient, as in PyTorch.
+        requires_grad = _grad_enabled and any(fn.needs_input_grad) and out.dtype.kind == "f"
         result = Tensor(out, requires_grad=requires_grad)
         if requires_grad:
             fn.inputs = tuple(inputs)

@@ -101,5 +101,5 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def where(condition: Tensor | Any, x: Tensor | float, y: Tensor | float) -> Tensor:
     """Elementwise ``condition ? x : y``; differentiable in x and y."""
-    like = x if isinstance(x, Tensor) else y
+    like = x if isinstance(x, Tensor) else y if isinstance(y, Tensor) else Tensor(x)
     return elementwise.Where.apply(like._lift(x), like._lift(y), cond=_array(condition))

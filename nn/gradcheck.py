@@ -36,7 +36,8 @@ def _as_float64_leaves(inputs: Sequence[Tensor]) -> list[Tensor]:
     leaves = []
     for t in inputs:
         if isinstance(t, Tensor) and t.requires_grad:
-            leaves.append(Tensor(backend.to_numpy(t.data).astype(np.float64), requires_grad=True))
+            # C order, so that reshape(-1) below is a view: perturbing it perturbs the leaf
+            leaves.append(Tensor(np.array(backend.to_numpy(t.data), dtype=np.float64, order="C"), requires_grad=True))
         else:
             leaves.append(t)
     return leaves

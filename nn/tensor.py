@@ -20,6 +20,7 @@ import numpy as np
 from nn import backend
 from nn.backend import as_dtype, is_float, xp_of
 from nn.function import _profiler_state, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from nn.ops.util import normalize_dims
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "full", "arange", "randn", "rand", "zeros_like", "ones_like",
@@ -55,8 +56,12 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, name: str | None = None) -> None:
         if isinstance(data, Tensor):
             data = data.data
-        elif isinstance(data, np.generic) or not hasattr(data, "shape"):
-            data = np.asarray(data)  # NumPy scalars and Python values become (0-d) arrays
+        elif isinstance(data, np.generic):
+            data = np.asarray(data)  # NumPy scalars become 0-d arrays of their own dtype
+        elif not hasattr(data, "shape"):
+            data = np.asarray(data)  # Python numbers and lists; their floats become float32, as in PyTorch
+            if data.dtype == np.float64:
+                data = data.astype(backend.DEFAULT_DTYPE)
         if requires_grad and not is_float(data.dtype):
             raise TypeError(f"only floating-point tensors can require gradients, not {data.dtype}")
         self.data = data
@@ -177,10 +182,34 @@ class Tensor:
         if isinstance(value, Tensor):
             return value
         xp = xp_of(self.data)
+        if isinstance(value, np.generic) and not isinstance(value, np.bool_ | np.complexfloating):
+            value = value.item()  # a NumPy scalar counts as a plain number, as PyTorch treats it
         if isinstance(value, bool | int | float):
             dtype = self.dtype if is_float(self.dtype) or isinstance(value, bool | int) else np.float32
             return Tensor(xp.asarray(value, dtype=dtype))
         return Tensor(xp.asarray(value))
+
+    def _floated(self, dtype: Any = None) -> Tensor:
+        """This tensor if it is floating point, else cast to ``dtype`` (float32 by default)."""
+        return self if is_float(self.dtype) else elementwise.Cast.apply(self, dtype=dtype or backend.DEFAULT_DTYPE)
+
+    def _pair(self, other: Any, reflected: bool = False, divide: bool = False) -> tuple[Tensor, Tensor]:
+        """The operands of a binary op, in order, promoted the way PyTorch promotes them.
+
+        NumPy widens an integer array meeting a float32 one to float64; PyTorch gives the
+        float's type (float32 for a Python float), and so do we. True division of two
+        integer tensors gives float32.
+        """
+        other = self._lift(other)
+        a, b = (other, self) if reflected else (self, other)
+        a_float, b_float = is_float(a.dtype), is_float(b.dtype)
+        if a_float and not b_float:
+            b = b._floated(a.dtype)
+        elif b_float and not a_float:
+            a = a._floated(b.dtype)
+        elif divide and not a_float:
+            a, b = a._floated(), b._floated()
+        return a, b
 
     # ------------------------------------------------------------ autodiff
     def register_hook(self, hook: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
@@ -221,8 +250,10 @@ class Tensor:
         # Arrays a leaf may not keep as its .grad without copying: those another tensor already kept
         # in this pass, and the caller's own gradient array (the seed), which is not ours to hand out.
         stored: set[int] = {id(seed)}
+        order = _topological_order(self)
         with no_grad():
-            for t in reversed(_topological_order(self)):
+            while order:
+                t = order.pop()  # popping (not iterating) drops our reference: activations free as we go
                 g = grads.pop(id(t), None)
                 if g is None:  # no path from the root carried a gradient here
                     continue
@@ -257,45 +288,46 @@ class Tensor:
 
     # ------------------------------------------------------------ arithmetic
     def __add__(self, other):
-        return elementwise.Add.apply(self, self._lift(other))
+        return elementwise.Add.apply(*self._pair(other))
 
     def __radd__(self, other):
-        return elementwise.Add.apply(self._lift(other), self)
+        return elementwise.Add.apply(*self._pair(other, reflected=True))
 
     def __sub__(self, other):
-        return elementwise.Sub.apply(self, self._lift(other))
+        return elementwise.Sub.apply(*self._pair(other))
 
     def __rsub__(self, other):
-        return elementwise.Sub.apply(self._lift(other), self)
+        return elementwise.Sub.apply(*self._pair(other, reflected=True))
 
     def __mul__(self, other):
-        return elementwise.Mul.apply(self, self._lift(other))
+        return elementwise.Mul.apply(*self._pair(other))
 
     def __rmul__(self, other):
-        return elementwise.Mul.apply(self._lift(other), self)
+        return elementwise.Mul.apply(*self._pair(other, reflected=True))
 
     def __truediv__(self, other):
-        return elementwise.Div.apply(self, self._lift(other))
+        return elementwise.Div.apply(*self._pair(other, divide=True))
 
     def __rtruediv__(self, other):
-        return elementwise.Div.apply(self._lift(other), self)
+        return elementwise.Div.apply(*self._pair(other, reflected=True, divide=True))
 
     def __pow__(self, exponent):
         if isinstance(exponent, int | float):
-            return elementwise.PowScalar.apply(self, exponent=exponent)
-        return elementwise.Pow.apply(self, self._lift(exponent))
+            base = self._floated() if isinstance(exponent, float) else self
+            return elementwise.PowScalar.apply(base, exponent=exponent)
+        return elementwise.Pow.apply(*self._pair(exponent))
 
     def __rpow__(self, base):
-        return elementwise.Pow.apply(self._lift(base), self)
+        return elementwise.Pow.apply(*self._pair(base, reflected=True))
 
     def __neg__(self):
         return elementwise.Neg.apply(self)
 
     def __matmul__(self, other):
-        return matmul_ops.MatMul.apply(self, self._lift(other))
+        return matmul_ops.MatMul.apply(*self._pair(other))
 
     def __rmatmul__(self, other):
-        return matmul_ops.MatMul.apply(self._lift(other), self)
+        return matmul_ops.MatMul.apply(*self._pair(other, reflected=True))
 
     # Comparisons give boolean tensors outside the graph, as in PyTorch.
     def _compare(self, other, op) -> Tensor:
@@ -331,34 +363,34 @@ class Tensor:
 
     # ------------------------------------------------------------ elementwise math
     def exp(self):
-        return elementwise.Exp.apply(self)
+        return elementwise.Exp.apply(self._floated())
 
     def log(self):
-        return elementwise.Log.apply(self)
+        return elementwise.Log.apply(self._floated())
 
     def sqrt(self):
-        return elementwise.Sqrt.apply(self)
+        return elementwise.Sqrt.apply(self._floated())
 
     def rsqrt(self):
-        return elementwise.Rsqrt.apply(self)
+        return elementwise.Rsqrt.apply(self._floated())
 
     def abs(self):
         return elementwise.Abs.apply(self)
 
     def tanh(self):
-        return elementwise.Tanh.apply(self)
+        return elementwise.Tanh.apply(self._floated())
 
     def sigmoid(self):
-        return elementwise.Sigmoid.apply(self)
+        return elementwise.Sigmoid.apply(self._floated())
 
     def relu(self):
         return elementwise.Relu.apply(self)
 
     def gelu(self, approximate: str = "none"):
-        return elementwise.Gelu.apply(self, approximate=approximate)
+        return elementwise.Gelu.apply(self._floated(), approximate=approximate)
 
     def silu(self):
-        return elementwise.Silu.apply(self)
+        return elementwise.Silu.apply(self._floated())
 
     def pow(self, exponent):
         return self ** exponent
@@ -383,7 +415,7 @@ class Tensor:
         return reduce_ops.Sum.apply(self, dim=dim, keepdim=keepdim)
 
     def mean(self, dim=None, keepdim: bool = False):
-        return reduce_ops.Mean.apply(self, dim=dim, keepdim=keepdim)
+        return reduce_ops.Mean.apply(self._floated(), dim=dim, keepdim=keepdim)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
         """Largest value; with an int ``dim``, ``(values, indices)`` as in PyTorch."""
@@ -440,6 +472,8 @@ class Tensor:
         return shape_ops.Reshape.apply(self, shape=shape_ops.squeezed_shape(self.shape, dim))
 
     def unsqueeze(self, dim: int):
+        if not -self.ndim - 1 <= dim <= self.ndim:
+            raise IndexError(f"unsqueeze dim {dim} out of range for a tensor with {self.ndim} dimensions")
         shape = list(self.shape)
         shape.insert(dim if dim >= 0 else self.ndim + dim + 1, 1)
         return shape_ops.Reshape.apply(self, shape=tuple(shape))
@@ -447,7 +481,9 @@ class Tensor:
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
         if self.ndim == 0:
             return self.reshape(1)
-        start, end = start_dim % self.ndim, end_dim % self.ndim
+        start, end = normalize_dims(start_dim, self.ndim)[0], normalize_dims(end_dim, self.ndim)[0]
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
         shape = self.shape[:start] + (-1,) + self.shape[end + 1:]
         return self.reshape(shape)
 

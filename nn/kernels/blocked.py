@@ -10,6 +10,7 @@ so per step and block, which is small against the saved memory traffic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -63,7 +64,8 @@ def as_rows(x, axis: int):
     last = axis == ndim - 1 or ndim == 0
     moved = x if last else xp.moveaxis(x, axis, -1)
     moved_shape = moved.shape
-    rows = xp.ascontiguousarray(moved).reshape(-1, moved_shape[-1] if ndim else 1)
+    width = moved_shape[-1] if ndim else 1
+    rows = xp.ascontiguousarray(moved).reshape(math.prod(moved_shape[:-1]), width)
 
     def restore(r):
         out = r.reshape(moved_shape)

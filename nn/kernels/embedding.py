@@ -19,7 +19,7 @@ def embedding_backward(ids, g, num_embeddings: int):
     """d table (V, C) from ids (any shape) and the output gradient (*ids.shape, C)."""
     xp = xp_of(g)
     flat_ids = ids.reshape(-1)
-    rows = g.reshape(flat_ids.size, -1)
+    rows = g.reshape(flat_ids.size, g.shape[-1])
     if xp is np:
         import scipy.sparse
 

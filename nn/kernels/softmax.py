@@ -17,8 +17,10 @@ from __future__ import annotations
 from nn.backend import xp_of
 from nn.kernels.blocked import blocks, compute_dtype
 
-TINY_ROW_SUM = 1e-20
-"""Below this, a row's largest exp(x - c) is so small that its smaller entries near the subnormal range."""
+TINY_ROW_SUM = 1e-9
+"""Rows whose sum of exp(x - c) falls below this (their max is more than ~20 below the block's) are redone.
+
+Then no row's entries underflow much earlier than with the row's own max would have them."""
 
 
 def softmax_forward(x, log: bool = False):
@@ -33,7 +35,7 @@ def softmax_forward(x, log: bool = False):
         xp.subtract(xb, xb.max(), out=o)
         exps = xp.exp(o) if log else xp.exp(o, out=o)
         sums = exps @ ones
-        far = sums < TINY_ROW_SUM
+        far = ~(sums >= TINY_ROW_SUM)  # also catches NaN: a NaN anywhere in the block spoils the shift c
         if far.any():  # rare: rows far below the block's max get their own shift
             own = xb[far] - xb[far].max(axis=1, keepdims=True)
             o[far] = own

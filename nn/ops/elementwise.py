@@ -108,10 +108,13 @@ class Pow(_Binary):
         x, y, out = self.saved_arrays
         xp = xp_of(g)
         need_x, need_y = self.needs_input_grad
-        gx = g * y * x ** (y - 1) if need_x else None
+        gx = None
+        if need_x:  # y x^(y-1), which is 0 where y == 0 (not 0 * 0^-1)
+            with backend.quiet_float_errors(xp):
+                gx = xp.where(y == 0, 0, g * y * x ** (y - 1))
         gy = None
         if need_y:
-            with _quiet(xp):
+            with backend.quiet_float_errors(xp):
                 log_x = xp.log(x)
             gy = xp.where((x == 0) & (y >= 0), 0, g * out * log_x)
         return self.reduce_grads(gx, gy)
@@ -369,16 +372,3 @@ class ToDevice(Function):
     def backward(self, g):
         return backend.to_device(g, self.input_device)
 
-
-class _quiet:
-    """``with _quiet(xp):`` silences NumPy's divide/invalid warnings for a formula that masks them."""
-
-    def __init__(self, xp: Any) -> None:
-        self.xp = xp
-
-    def __enter__(self):
-        self.state = self.xp.seterr(divide="ignore", invalid="ignore") if hasattr(self.xp, "seterr") else None
-
-    def __exit__(self, *exc):
-        if self.state is not None:
-            self.xp.seterr(**self.state)

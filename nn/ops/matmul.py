@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from nn.backend import xp_of
 from nn.function import Function
 from nn.ops.util import sum_to
@@ -9,6 +11,11 @@ from nn.ops.util import sum_to
 
 def _swap(a):
     return a.swapaxes(-1, -2)
+
+
+def _rows(a):
+    """(..., K) as a 2-D (rows, K) matrix (spelled out, so zero-size dimensions reshape too)."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 class MatMul(Function):
@@ -26,14 +33,14 @@ class MatMul(Function):
     def forward(self, a, b):
         self.save_for_backward(a, b)
         if a.ndim > 2 and b.ndim == 2:
-            return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+            return (_rows(a) @ b).reshape(*a.shape[:-1], b.shape[-1])
         return a @ b
 
     def backward(self, g):
         a, b = self.saved_arrays
         need_a, need_b = self.needs_input_grad
         if a.ndim >= 2 and b.ndim == 2:
-            rows_a, rows_g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+            rows_a, rows_g = _rows(a), _rows(g)
             ga = (rows_g @ b.T).reshape(a.shape) if need_a else None
             gb = rows_a.T @ rows_g if need_b else None
             return ga, gb

@@ -24,7 +24,7 @@ from nn.kernels import norm as norm_kernels
 from nn.kernels import softmax as softmax_kernels
 from nn.kernels.blocked import as_rows
 from nn.kernels.embedding import embedding_backward
-from nn.ops.util import sum_to
+from nn.ops.util import normalize_dims, sum_to
 
 
 def softmax_array(x: Any, axis: int, log: bool = False) -> Any:
@@ -39,6 +39,7 @@ class Softmax(Function):
     log = False
 
     def forward(self, x, dim: int = -1):
+        normalize_dims(dim, x.ndim)  # an out-of-range dim is an error, not a wrap-around
         self.dim = dim
         y = softmax_array(x, dim, log=self.log)
         self.save_for_backward(y)
@@ -75,6 +76,10 @@ class CrossEntropy(Function):
         xp = xp_of(logits)
         self.logits_dtype = logits.dtype
         rows, self.restore_logits_shape = as_rows(logits, 1)  # class dim last, one row per prediction
+        expected = logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ()
+        if tuple(targets.shape) != tuple(expected):
+            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits of shape "
+                             f"{logits.shape} (expected {expected})")
         targets_flat = targets.reshape(-1)
         num_classes = rows.shape[1]
         valid = targets_flat != ignore_index
@@ -87,7 +92,7 @@ class CrossEntropy(Function):
         if label_smoothing:
             loss *= 1 - label_smoothing
             loss -= label_smoothing * logp.mean(axis=1)
-        loss *= valid
+        loss = xp.where(valid, loss, 0)  # not loss * valid: an ignored row may hold inf
         self.reduction, self.smoothing = reduction, label_smoothing
         self.count = int(valid.sum())
         self.save_for_backward(logp, safe_targets, valid)
@@ -112,7 +117,7 @@ class CrossEntropy(Function):
         else:
             total = g.astype(grad.dtype) / (self.count if self.reduction == "mean" and self.count else 1)
             row_scale = valid * total
-        grad *= row_scale[:, None]
+        grad = xp.where(valid[:, None], grad * row_scale[:, None], 0)
         return self.restore_logits_shape(grad.astype(self.logits_dtype, copy=False))
 
 
@@ -175,6 +180,8 @@ class Embedding(Function):
 
     def forward(self, weight, indices: Any = None, padding_idx: int | None = None):
         self.padding_idx, self.weight_shape = padding_idx, weight.shape
+        if indices.size and (indices.min() < 0 or indices.max() >= weight.shape[0]):
+            raise IndexError(f"embedding index out of range [0, {weight.shape[0]})")
         self.save_for_backward(indices)
         return weight[indices]
 
@@ -234,6 +241,10 @@ class ScaledDotProductAttention(Function):
         elif attn_mask is not None:
             scores += attn_mask
         probs = softmax_array(scores, -1).astype(q.dtype, copy=False)
+        if attn_mask is not None and not is_causal:
+            blocked = ~attn_mask.any(axis=-1) if attn_mask.dtype == bool else xp.isneginf(attn_mask).all(axis=-1)
+            if blocked.any():  # a query with no key to attend to outputs zeros, as in PyTorch
+                probs = xp.where(blocked[..., None], 0, probs).astype(probs.dtype, copy=False)
         keep = None
         if dropout_p > 0:
             keep = backend.to_device(backend.rng().random(probs.shape) >= dropout_p, backend.device_of(q))

@@ -7,11 +7,13 @@ PyTorch's meaning. The common backward step is to put the reduced axes back
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 from typing import Any
 
-from nn.backend import xp_of
+from nn.backend import quiet_float_errors, xp_of
 from nn.function import Function
+from nn.kernels.blocked import compute_dtype
 from nn.ops.util import keepdim_shape, normalize_dims
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -23,7 +25,7 @@ class _Reduction(Function):
     def setup(self, x: Any, dim: Any, keepdim: bool) -> tuple[int, ...]:
         self.dims = normalize_dims(dim, x.ndim)
         self.keepdim = keepdim
-        self.input_shape = x.shape
+        self.input_shape, self.input_dtype = x.shape, x.dtype
         return self.dims
 
     def count(self) -> int:
@@ -59,7 +61,7 @@ class Mean(_Reduction):
         return x.mean(axis=self.setup(x, dim, keepdim), keepdims=keepdim)
 
     def backward(self, g):
-        return self.spread(g / self.count())
+        return self.spread(g * (1.0 / self.count()))  # 1/n as a float: n itself may not fit in float16
 
 
 class Amax(_Reduction):
@@ -139,22 +141,29 @@ class Var(_Reduction):
     """
 
     def forward(self, x, dim=None, correction: int = 1, keepdim: bool = False, root: bool = False):
+        xp = xp_of(x)
         dims = self.setup(x, dim, keepdim)
         self.root = root
         self.denominator = max(self.count() - correction, 0)
-        d = x - x.mean(axis=dims, keepdims=True)
-        out = (d * d).sum(axis=dims, keepdims=True) / self.denominator
+        wide = x.astype(compute_dtype(x.dtype), copy=False)  # float16 sums of squares overflow
+        d = wide - wide.mean(axis=dims, keepdims=True)
+        with quiet_float_errors(xp):  # n <= correction gives NaN, as in PyTorch
+            out = (d * d).sum(axis=dims, keepdims=True) * (1.0 / self.denominator if self.denominator else math.nan)
         if root:
-            out = xp_of(x).sqrt(out)
+            out = xp.sqrt(out)
         self.save_for_backward(d, out)
+        out = out.astype(x.dtype, copy=False)
         return out if keepdim else out.reshape(_drop(x.shape, dims))
 
     def backward(self, g):
         d, out = self.saved_arrays
-        g = self.with_kept_dims(g)
-        if self.root:
-            g = g / (2 * out)
-        return d * (g * (2 / self.denominator))
+        xp = xp_of(d)
+        g = self.with_kept_dims(g).astype(d.dtype, copy=False)
+        if self.root:  # d std = d var / (2 std); where std is 0 PyTorch gives 0, not 0/0
+            with quiet_float_errors(xp):
+                g = xp.where(out == 0, 0, g / (2 * out))
+        scale = 2.0 / self.denominator if self.denominator else math.nan
+        return (d * (g * scale)).astype(self.input_dtype, copy=False)
 
 
 class LogSumExp(_Reduction):

@@ -49,6 +49,8 @@ class Expand(Function):
         lead = len(sizes) - x.ndim
         if lead < 0:
             raise ValueError(f"expand to {sizes} has fewer dimensions than the tensor {x.shape}")
+        if any(s == -1 for s in sizes[:lead]):
+            raise ValueError(f"expand to {sizes}: -1 is only allowed for existing dimensions")
         shape = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
         self.input_shape = x.shape
         return xp_of(x).broadcast_to(x, shape)
@@ -113,7 +115,9 @@ class Cat(Function):
     """Concatenate along ``dim``; the backward splits the gradient at the same offsets."""
 
     def forward(self, *xs, dim: int = 0):
-        self.dim = dim % xs[0].ndim
+        if xs[0].ndim == 0:
+            raise ValueError("zero-dimensional tensors cannot be concatenated (use stack)")
+        (self.dim,) = normalize_dims(dim, xs[0].ndim)
         self.sizes = [x.shape[self.dim] for x in xs]
         return xp_of(xs[0]).concatenate(xs, axis=self.dim)
 
@@ -130,6 +134,8 @@ class Triangle(Function):
     """Lower (tril) or upper (triu) triangle of the last two dims; zeros elsewhere, in value and gradient."""
 
     def forward(self, x, diagonal: int = 0, lower: bool = True):
+        if x.ndim < 2:
+            raise ValueError(f"tril/triu need at least 2 dimensions, got shape {x.shape}")
         xp = xp_of(x)
         self.keep = xp.tril if lower else xp.triu
         self.diagonal = diagonal
@@ -141,6 +147,8 @@ class Triangle(Function):
 
 def squeezed_shape(shape: tuple[int, ...], dim: Any) -> tuple[int, ...]:
     """``shape`` without the size-1 dims in ``dim`` (all size-1 dims if None); others are left alone."""
+    if dim == ():
+        return shape
     dims = normalize_dims(dim, len(shape)) if dim is not None else tuple(range(len(shape)))
     return tuple(s for i, s in enumerate(shape) if not (i in dims and s == 1))
 

@@ -25,7 +25,7 @@ def sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
 
 def normalize_dims(dim: int | tuple[int, ...] | list[int] | None, ndim: int) -> tuple[int, ...]:
     """``dim`` as a sorted tuple of non-negative axes; ``None`` means all axes."""
-    if dim is None:
+    if dim is None or (not isinstance(dim, int) and len(dim) == 0):  # an empty dim list means all, as in PyTorch
         return tuple(range(ndim))
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     if ndim == 0:

@@ -16,9 +16,12 @@ def is_float_array(a) -> bool:
 
 
 def to_ours(arrays) -> list[nn.Tensor]:
-    """Our tensors: float arrays become leaves that require grad, the rest constants."""
-    return [nn.Tensor(a.copy() if isinstance(a, np.ndarray) else a, requires_grad=is_float_array(a))
-            for a in arrays]
+    """Our tensors: float arrays become leaves that require grad, the rest constants.
+
+    The arrays are used as they are, not copied, so their memory layout (strided,
+    transposed) reaches the ops; the tests check separately that no op writes to them.
+    """
+    return [nn.Tensor(a, requires_grad=is_float_array(a)) for a in arrays]
 
 
 def to_torch(arrays) -> list[torch.Tensor]:
