@@ -401,8 +401,10 @@ class Tensor:
     def minimum(self, other):
         return elementwise.Minimum.apply(self, self._lift(other))
 
-    def clamp(self, min: float | None = None, max: float | None = None):  # noqa: A002 (PyTorch names)
-        return elementwise.Clamp.apply(self, low=min, high=max)
+    def clamp(self, min: float | Tensor | None = None, max: float | Tensor | None = None):  # noqa: A002
+        """Limit values to [min, max]; tensor bounds are constants here (no gradient flows to them)."""
+        low, high = (b.data if isinstance(b, Tensor) else b for b in (min, max))
+        return elementwise.Clamp.apply(self, low=low, high=high)
 
     clip = clamp
 

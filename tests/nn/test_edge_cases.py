@@ -181,3 +181,12 @@ def test_casting_to_an_integer_dtype_leaves_the_graph_like_torch():
     x = nn.tensor([1.5, 2.5], requires_grad=True)
     as_int = x.to(nn.int64)
     assert as_int.dtype == np.int64 and not as_int.requires_grad
+
+
+def test_clamp_accepts_tensor_bounds_as_constants():
+    x = np.array([-2.0, 0.5, 3.0])
+    low, high = np.array([-1.0, 0.0, 0.0]), np.array([1.0, 1.0, 2.0])
+    ours = _grad_of(lambda t: t.clamp(nn.tensor(low), nn.tensor(high)), x)
+    theirs = _torch_grad_of(lambda t: t.clamp(torch.tensor(low), torch.tensor(high)), x)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1][0], theirs[1][0])
