@@ -117,7 +117,9 @@ class CrossEntropy(Function):
         else:
             total = g.astype(grad.dtype) / (self.count if self.reduction == "mean" and self.count else 1)
             row_scale = valid * total
-        grad = xp.where(valid[:, None], grad * row_scale[:, None], 0)
+        grad *= row_scale[:, None]
+        if self.count < rows:
+            grad[~valid] = 0  # ignored rows: 0 even where their logits held inf (inf * 0 would be NaN)
         return self.restore_logits_shape(grad.astype(self.logits_dtype, copy=False))
 
 
