@@ -27,13 +27,19 @@ _AS_P = 0.3275911
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
-def _normal_cdf_and_density(x):
-    """Phi(x) and phi(x) for one block; float64 via scipy's erf, float32 via A&S 7.1.26 (shares its exp)."""
+def _normal_cdf_and_density(x, density: bool = True):
+    """Phi(x) and phi(x) (None unless ``density``) for one block.
+
+    float64 uses scipy's erf; float32 uses A&S 7.1.26, whose exp(-x^2/2) is phi's too.
+    """
     xp = xp_of(x)
     if x.dtype == np.float64:
-        density = xp.exp(-0.5 * x * x)
-        density *= INV_SQRT_2PI
-        return 0.5 * (1 + backend.special(xp).erf(x * math.sqrt(0.5))), density
+        cdf = 0.5 * (1 + backend.special(xp).erf(x * math.sqrt(0.5)))
+        if not density:
+            return cdf, None
+        gauss = xp.exp(-0.5 * x * x)
+        gauss *= INV_SQRT_2PI
+        return cdf, gauss
     z = xp.abs(x)
     z *= math.sqrt(0.5)
     t = z * _AS_P
@@ -51,6 +57,8 @@ def _normal_cdf_and_density(x):
     poly += 0.5  # 0.5 - q with q = 1 - Phi(|x|), the upper tail
     cdf = xp.copysign(poly, x, out=poly)
     cdf += 0.5  # Phi(x) = 0.5 + sign(x) (0.5 - q): 1 - q for x >= 0, q below
+    if not density:
+        return cdf, None
     gauss *= INV_SQRT_2PI
     return cdf, gauss
 
@@ -76,7 +84,7 @@ def gelu_forward(x, approximate: str):
             phi += 1
             phi *= 0.5
         else:
-            phi, _ = _normal_cdf_and_density(xb)
+            phi, _ = _normal_cdf_and_density(xb, density=False)
         phi *= xb
         return phi
 

@@ -123,3 +123,14 @@ def test_bad_arguments_raise_clear_errors():
         x.gelu(approximate="fast")
     with pytest.raises(TypeError, match="unknown dtype"):
         nn.zeros(2, dtype="float8")
+
+
+def test_clone_copies_the_data_and_passes_gradients_like_torch():
+    x = nn.tensor([1.0, 2.0], requires_grad=True)
+    y = x.clone()
+    y.data[0] = 5.0  # the copy is separate memory
+    (y * 3).sum().backward()
+    tx = torch.tensor([1.0, 2.0], requires_grad=True)
+    (tx.clone() * 3).sum().backward()
+    np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
