@@ -8,11 +8,14 @@
 
 import numpy as _np
 
-from nn import functional
+from nn import functional, optim, state
 from nn.backend import get_rng_state, manual_seed, set_rng_state
+from nn.checkpoint import checkpoint
 from nn.function import Function
 from nn.gradcheck import GradcheckError, gradcheck
 from nn.graph import draw_graph
+from nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ModuleList, RMSNorm, Sequential
+from nn.module import Module, Parameter
 from nn.ops.shape import cat, stack
 from nn.profiler import profile
 from nn.tensor import (
@@ -56,8 +59,11 @@ def triu(x, diagonal: int = 0):
 
 
 __all__ = [
+    "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU", "Sequential",
+    "ModuleList",
     "Tensor", "Function", "functional", "tensor", "zeros", "ones", "full", "arange", "randn", "rand",
     "zeros_like", "ones_like", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
     "manual_seed", "get_rng_state", "set_rng_state", "gradcheck", "GradcheckError", "draw_graph", "profile",
     "cat", "stack", "where", "tril", "triu", "float16", "float32", "float64", "int32", "int64", "bool_",
+    "optim", "state", "checkpoint",
 ]

@@ -168,6 +168,36 @@ class Tensor:
         dtype = as_dtype(target)
         return self if dtype == self.dtype else elementwise.Cast.apply(self, dtype=dtype)
 
+    # ------------------------------------------------------------ in-place initialisation
+    # These write into ``.data`` outside the graph (parameter initialisation, optimizer updates),
+    # keeping the array object, so views and flat buffers that share it stay valid.
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
+        """Fill with samples of N(mean, std^2) from the engine's generator."""
+        sample = backend.rng().normal(mean, std, self.shape).astype(self.dtype)
+        self.data[...] = backend.to_device(sample, self.device)
+        return self
+
+    def uniform_(self, low: float = 0.0, high: float = 1.0) -> Tensor:
+        """Fill with samples of U(low, high) from the engine's generator."""
+        sample = backend.rng().uniform(low, high, self.shape).astype(self.dtype)
+        self.data[...] = backend.to_device(sample, self.device)
+        return self
+
+    def fill_(self, value: Scalar) -> Tensor:
+        self.data.fill(value)
+        return self
+
+    def zero_(self) -> Tensor:
+        return self.fill_(0)
+
+    def copy_(self, source: Tensor | Any) -> Tensor:
+        """Copy values (any device, cast to this dtype) into this tensor's array."""
+        array = source.data if isinstance(source, Tensor) else source
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"copy_ of shape {tuple(array.shape)} into a tensor of shape {self.shape}")
+        self.data[...] = backend.to_device(array, self.device)
+        return self
+
     def float(self) -> Tensor:
         return self.to(np.float32)
 

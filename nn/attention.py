@@ -1,0 +1,159 @@
+"""Causal multi-head self-attention, with learned or rotary positions and a KV cache.
+
+One module serves GPT-2 (learned absolute positions, added to the token
+embeddings outside this module) and Llama-style models (rotary positions
+applied to queries and keys here, grouped-query attention with fewer key/value
+heads than query heads).
+
+Shapes: B batch, T new tokens, S tokens attended to (T plus those cached),
+C = n_head * head_dim model width, H query heads, G key/value heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nn import backend
+from nn import functional as F
+from nn.layers import Dropout, Linear
+from nn.module import Module
+from nn.ops.shape import cat
+from nn.tensor import Tensor
+
+__all__ = ["CausalSelfAttention", "KVCache", "rope_tables", "apply_rope", "repeat_kv"]
+
+
+def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0,
+                dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of the rotary angles, each (max_positions, head_dim).
+
+    Dimension pair (i, i + head_dim/2) rotates at frequency theta^(-2i/head_dim),
+    so position t turns it by the angle t * theta^(-2i/head_dim). The angles are
+    computed in float64 and rounded once.
+    """
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head dimension, not {head_dim}")
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.outer(np.arange(max_positions, dtype=np.float64), inv_freq)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair (x_i, x_{i+d/2}) of x (..., T, d) by its angle: x cos + rotate_half(x) sin.
+
+    rotate_half(x) = (-x_{d/2:}, x_{:d/2}), the pairing Llama uses. After the
+    rotation a query at position m and a key at position n have a dot product
+    that depends on m - n only: attention sees relative positions.
+    """
+    half = x.shape[-1] // 2
+    rotated = cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def repeat_kv(x: Tensor, repeats: int) -> Tensor:
+    """(B, G, S, d) -> (B, G * repeats, S, d): key/value head j serves query heads j*repeats ... (j+1)*repeats-1."""
+    if repeats == 1:
+        return x
+    b, g, s, d = x.shape
+    return x.unsqueeze(2).expand(b, g, repeats, s, d).reshape(b, g * repeats, s, d)
+
+
+class KVCache:
+    """The keys and values of every token seen so far, for one attention layer.
+
+    Generation feeds one new token at a time; without a cache every step would
+    recompute keys and values of the whole prefix. Arrays are preallocated
+    (B, G, max_length, head_dim) and filled left to right; ``length`` says how much is valid.
+    """
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_length: int, head_dim: int,
+                 dtype: Any = np.float32, device: str = "cpu") -> None:
+        xp = backend.array_module(device)
+        shape = (batch_size, n_kv_head, max_length, head_dim)
+        self.k, self.v = xp.zeros(shape, dtype=dtype), xp.zeros(shape, dtype=dtype)
+        self.max_length = max_length
+        self.length = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, G, T, d) after the cached tokens; return all of them, (B, G, S, d)."""
+        end = self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} needed")
+        self.k[:, :, self.length:end] = k.data
+        self.v[:, :, self.length:end] = v.data
+        self.length = end
+        return Tensor(self.k[:, :, :end]), Tensor(self.v[:, :, :end])
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(Module):
+    """Multi-head attention where position t attends to positions <= t.
+
+    One fused projection ``c_attn`` makes queries, keys and values
+    ((H + 2G) * head_dim outputs, in that order); ``c_proj`` mixes the heads back.
+    ``pos="rope"`` rotates queries and keys by their absolute position;
+    ``pos="learned"`` leaves positions to the embedding outside.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, n_kv_head: int | None = None, block_size: int = 1024,
+                 pos: str = "learned", dropout: float = 0.0, bias: bool = True, rope_theta: float = 10000.0,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
+        if pos not in ("learned", "rope"):
+            raise ValueError(f"pos must be 'learned' or 'rope', not {pos!r}")
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.pos, self.dropout = pos, dropout
+        self.c_attn = Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias, dtype=dtype)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, dtype=dtype)
+        self.resid_dropout = Dropout(dropout)
+        if pos == "rope":
+            # Kept in float64 and rounded once per (dtype, device) in use: casting a float32 table up
+            # to float64 would carry float32's rounding into a float64 model.
+            self._rope_exact = rope_tables(self.head_dim, block_size, rope_theta, np.float64)
+            self._rope_cast: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def rope(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The cos and sin tables (block_size, head_dim) in ``like``'s dtype and device."""
+        key = (like.dtype, like.device)
+        if key not in self._rope_cast:
+            self._rope_cast[key] = tuple(Tensor(backend.to_device(t.astype(like.dtype), like.device))
+                                         for t in self._rope_exact)
+        return self._rope_cast[key]
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """(B, T, C) -> (B, T, C). With ``cache``, x holds the tokens after the cached ones."""
+        b, t, c = x.shape
+        h, g, d = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([h * d, g * d, g * d], dim=-1)
+        q = q.reshape(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
+        k = k.reshape(b, t, g, d).transpose(1, 2)  # (B, G, T, d)
+        v = v.reshape(b, t, g, d).transpose(1, 2)
+        start = cache.length if cache is not None else 0
+        if self.pos == "rope":
+            cos, sin = (table[start:start + t] for table in self.rope(q))
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, G, S, d)
+        k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
+        dropout = self.dropout if self.training else 0.0
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:  # new query i sits at absolute position start + i and may see keys 0 .. start + i
+            xp = backend.xp_of(q.data)
+            mask = xp.tril(xp.ones((t, start + t), dtype=bool), k=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return self.resid_dropout(self.c_proj(y))
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, head_dim={self.head_dim}, pos={self.pos!r}"

@@ -1,0 +1,339 @@
+"""The GPT: a decoder-only transformer, configured by name or field by field.
+
+    config = GPTConfig.preset("small", vocab_size=4096)
+    model = GPT(config)
+    logits, loss = model(idx, targets)      # idx, targets: (B, T) integer token ids
+
+The block is pre-norm (GPT-2 and every model since): x + attn(norm(x)), then
+x + mlp(norm(x)). Switches select the GPT-2 design (learned positions,
+LayerNorm, GELU MLP) or the Llama design (rotary positions, RMSNorm, SwiGLU,
+grouped-query attention), and any mix of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nn
+from nn import functional as F
+from nn.attention import CausalSelfAttention, KVCache
+from nn.layers import Dropout, Embedding, LayerNorm, Linear, ModuleList, RMSNorm
+from nn.module import Module
+from nn.tensor import Tensor
+
+__all__ = ["GPTConfig", "GPT", "PRESETS", "ConfigError", "estimate_mfu", "peak_flops"]
+
+
+class ConfigError(ValueError):
+    """An unknown preset or field, or a value the model cannot be built with."""
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Every architectural choice of the GPT. Defaults are GPT-2 124M's."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024          # longest context, in tokens
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None    # key/value heads; None = n_head (fewer = grouped-query attention)
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True               # biases in Linear and LayerNorm (GPT-2: yes; Llama: no)
+    pos: str = "learned"            # "learned" absolute embeddings or "rope"
+    norm: str = "layernorm"         # "layernorm" or "rmsnorm"
+    mlp: str = "gelu"               # "gelu" (4x wide) or "swiglu"
+    gelu_approximate: str = "tanh"  # GPT-2 used the tanh approximation
+    tie_weights: bool = True        # the output head reuses the token embedding
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    vocab_multiple: int = 64        # pad the embedding rows to a multiple of this (faster matmuls)
+    checkpoint_activations: bool = False  # recompute each block in backward to save memory
+
+    def __post_init__(self) -> None:
+        choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+                   "gelu_approximate": ("none", "tanh")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"{field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
+        positive = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple")
+        for field in positive:
+            if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
+                raise ConfigError(f"{field} must be a positive integer, not {getattr(self, field)!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.kv_heads})")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head dimension, not {self.head_dim}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def mlp_hidden(self) -> int:
+        """4C for GELU; for SwiGLU 8C/3 (same parameter count with three matrices), rounded up to 64."""
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        return -(-8 * self.n_embd // 3 // 64) * 64
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named configuration, with any field overridden: ``GPTConfig.preset("small", dropout=0.1)``."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
+        """Build from a dict, naming any key that is not a field."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The GPT-2 family (Radford et al. 2019), context 1024, vocabulary 50257.
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-355m": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-1558m": dict(n_layer=48, n_head=25, n_embd=1600),
+    # Small CPU models for a 4096-token BPE vocabulary.
+    "tiny": dict(vocab_size=4096, block_size=64, n_layer=2, n_head=2, n_embd=64),
+    "small": dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=256),
+}
+
+
+class MLP(Module):
+    """The position-wise feed-forward network: c_proj(act(c_fc(x))), widening to ``mlp_hidden`` in between.
+
+    SwiGLU: c_fc makes [gate; up] in one matmul and the activation is silu(gate) * up.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden, self.kind, self.approximate = config.mlp_hidden, config.mlp, config.gelu_approximate
+        width = hidden if config.mlp == "gelu" else 2 * hidden
+        self.c_fc = Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = h.gelu(approximate=self.approximate)
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = gate.silu() * up
+        return self.dropout(self.c_proj(h))
+
+
+def _norm(config: GPTConfig) -> Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, eps=config.norm_eps)
+    return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+class Block(Module):
+    """One transformer layer, pre-norm: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.n_kv_head, config.block_size,
+                                        pos=config.pos, dropout=config.dropout, bias=config.bias,
+                                        rope_theta=config.rope_theta)
+        self.ln_2 = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(Module):
+    """Token ids (B, T) -> next-token logits (B, T, vocab_size), and the loss when targets are given."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = Embedding(config.padded_vocab_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = Embedding(config.block_size, config.n_embd)
+        self.drop = Dropout(config.dropout)
+        self.h = ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = _norm(config)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: weights N(0, 0.02), biases 0, norm weights 1.
+
+        The projections that write into the residual stream (attn.c_proj, mlp.c_proj)
+        get std 0.02 / sqrt(2 n_layer): the stream is a sum of 2 n_layer such
+        outputs, so its variance at the top stays that of one layer.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.normal_(0.0, residual_std)
+            elif p.ndim == 2:
+                p.normal_(0.0, 0.02)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+
+    # ------------------------------------------------------------ forward
+    def forward(self, idx: Tensor | np.ndarray, targets: Tensor | np.ndarray | None = None,
+                caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) -> (logits (B, T, vocab_size), mean cross-entropy against targets (B, T) or None).
+
+        With ``caches`` (one per layer, see :meth:`make_caches`) idx holds only the new
+        tokens; their positions continue after the cached ones. Targets equal to -100 are ignored.
+        """
+        ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        b, t = ids.shape
+        start = caches[0].length if caches else 0
+        if start + t > self.config.block_size:
+            raise ValueError(f"sequence of {start + t} tokens is longer than the context ({self.config.block_size})")
+        x = self.wte(ids)
+        if self.config.pos == "learned":
+            x = x + self.wpe(np.arange(start, start + t))
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            cache = caches[i] if caches else None
+            if self.config.checkpoint_activations and self.training and cache is None:
+                x = nn.checkpoint(block, x)
+            else:
+                x = block(x, cache)
+        logits = self.lm_head(self.ln_f(x))
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., :self.config.vocab_size]  # padding rows are never predicted
+        if targets is None:
+            return logits, None
+        target_ids = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        loss = F.cross_entropy(logits.reshape(b * t, -1), target_ids.reshape(b * t))
+        return logits, loss
+
+    def make_caches(self, batch_size: int, max_length: int | None = None) -> list[KVCache]:
+        """Empty KV caches, one per layer, holding up to ``max_length`` (default: the context) positions."""
+        c = self.config
+        dtype, device = self.wte.weight.dtype, self.wte.weight.device
+        return [KVCache(batch_size, c.kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
+                for _ in range(c.n_layer)]
+
+    # ------------------------------------------------------------ accounting
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), as the PaLM appendix and nanoGPT count them.
+
+        6N for the matmuls of N parameters (2 forward, 4 backward; position
+        embeddings excluded, they are a lookup) plus 12 L C T for the attention
+        scores and their weighted sum over a context of T.
+        """
+        c = self.config
+        n = self.num_parameters() - (self.wpe.weight.numel() if c.pos == "learned" else 0)
+        return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained_hf(cls, path: str | Path, **overrides: Any) -> GPT:
+        """A GPT-2 from a Hugging Face checkpoint directory (``config.json`` + ``model.safetensors``), no download.
+
+        HF's GPT-2 stores its projections as Conv1D with weights (in, out); ours
+        are Linear (out, in), so those are transposed.
+        """
+        from nn import state
+
+        path = Path(path)
+        try:
+            hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: no readable Hugging Face config.json ({exc})") from None
+        activation = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+        if hf.get("model_type", "gpt2") != "gpt2" or hf.get("activation_function", "gelu_new") not in activation:
+            raise ConfigError(f"{path}: not a GPT-2 checkpoint (model_type {hf.get('model_type')!r})")
+        config = GPTConfig.from_dict({
+            "vocab_size": hf["vocab_size"], "block_size": hf.get("n_positions", hf.get("n_ctx")),
+            "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
+            "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+            "gelu_approximate": activation[hf.get("activation_function", "gelu_new")], "dropout": 0.0,
+            "tie_weights": hf.get("tie_word_embeddings", True), **overrides})
+        tensors = state.load(path / "model.safetensors")
+        weights = {}
+        for key, value in tensors.items():
+            key = key.removeprefix("transformer.")
+            if key.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # HF's causal-mask buffers, not weights
+            array = value.numpy()
+            if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                array = array.T  # Conv1D (in, out) -> Linear (out, in)
+            weights[key] = array
+        for key in ("wte.weight", "lm_head.weight"):  # pad the vocabulary rows with zeros
+            if key in weights:
+                padded = np.zeros((config.padded_vocab_size, config.n_embd), dtype=np.float32)
+                padded[:config.vocab_size] = weights[key]
+                weights[key] = padded
+        if config.tie_weights:
+            weights["lm_head.weight"] = weights["wte.weight"]
+        model = cls(config)
+        model.load_state_dict(weights)
+        return model
+
+
+# ---------------------------------------------------------------- model FLOPs utilisation
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+"""Dense bf16 tensor-core peaks from the vendor data sheets (the denominator nanoGPT and llm.c use)."""
+
+
+def peak_flops(device: str = "cpu", repeats: int = 5, size: int = 1024) -> float:
+    """The FLOP/s MFU is measured against.
+
+    On a GPU: the data-sheet bf16 peak of the named card. On the CPU there is no
+    data sheet to trust, so we measure: the best of ``repeats`` float32 matmuls
+    of ``size`` x ``size`` with the BLAS NumPy links to, i.e. what this machine's
+    cores actually reach on the kernel that dominates training.
+    """
+    if device.startswith("cuda"):
+        import cupy
+
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), GPU_PEAK_FLOPS["A100"])
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def estimate_mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float:
+    """Model FLOPs utilisation: the fraction of ``peak`` FLOP/s that the model's own arithmetic used."""
+    return flops_per_token * tokens_per_second / peak
