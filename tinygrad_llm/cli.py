@@ -1,7 +1,7 @@
 """The ``tinygrad-llm`` command line.
 
-Each top-level subcommand (today ``tokenizer``; later ``prepare``, ``train``,
-``generate``, ...) is registered by one ``_add_<name>_commands`` function that
+Each top-level subcommand (``tokenizer``, ``prepare``, ``train``, ``generate``)
+is registered by one ``_add_<name>_commands`` function that
 attaches its parser and sets ``func`` (the handler) on the parsed namespace.  A
 handler returns the exit status.
 
@@ -23,6 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from tinygrad_llm.checkpoint import CheckpointError
+from tinygrad_llm.data import DataError
+from tinygrad_llm.generate import PromptError
+from tinygrad_llm.model import PRESETS, ConfigError
+from tinygrad_llm.train import TrainingError
 from tokenizer import Tokenizer, TokenizerFileError
 from tokenizer.patterns import PATTERNS, compile_pattern, resolve_pattern
 
@@ -48,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="A GPT toolkit built from scratch.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_tokenizer_commands(commands)
+    _add_prepare_commands(commands)
+    _add_train_commands(commands)
     return parser
 
 
@@ -56,9 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except CLIError as exc:
-        return _fail(str(exc))
-    except TokenizerFileError as exc:
+    except (CLIError, TokenizerFileError, DataError, ConfigError, CheckpointError, PromptError,
+            TrainingError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
@@ -249,7 +255,138 @@ def _plot_bytes_per_token(rows: list[dict], heldout_name: str, path: Path) -> No
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- prepare
+
+
+def _add_prepare_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm prepare``: text -> cleaned documents -> tokenizer -> token shards."""
+    p = commands.add_parser("prepare", help="clean a corpus, train a tokenizer and write token shards",
+                            description="Read a corpus, clean and deduplicate it, train (or reuse) a tokenizer "
+                                        "and write train/val token shards plus meta.json. Re-running with the "
+                                        "same inputs reuses the output.")
+    p.add_argument("--source", default="stdlib",
+                   help="stdlib (default: the Python standard library's source), a directory, a glob, "
+                        "a text file or a .jsonl file (one {\"text\": ...} per line)")
+    p.add_argument("--out", type=Path, default=Path("data/stdlib"), help="output directory (default data/stdlib)")
+    vocab = p.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab-size", type=_positive_int, default=None,
+                       help="size of the tokenizer to train (default 4096)")
+    vocab.add_argument("--tokenizer", type=Path, help="reuse this tokenizer file instead of training one")
+    p.add_argument("--max-documents", type=_positive_int, metavar="N", help="read only the first N documents")
+    p.add_argument("--workers", type=_positive_int, help="processes (default: one per CPU)")
+    p.add_argument("--filters", choices=("auto", "code", "prose"), default="auto",
+                   help="quality filters: code or prose rules (default auto: code for source files)")
+    p.add_argument("--no-filter", dest="filters", action="store_const", const="none",
+                   help="no quality filters (empty documents are still dropped)")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact and near duplicates")
+    p.add_argument("--shard-tokens", type=_positive_int, metavar="N",
+                   help="most tokens per shard file (default 100,000,000)")
+    p.add_argument("--force", action="store_true", help="redo everything even if the output is up to date")
+    p.set_defaults(func=_prepare)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from tinygrad_llm.data import DataError
+    from tinygrad_llm.data.shards import PrepareConfig, prepare
+
+    options = {"vocab_size": args.vocab_size, "tokenizer": args.tokenizer, "shard_tokens": args.shard_tokens}
+    try:
+        config = PrepareConfig(source=args.source, out=args.out, max_documents=args.max_documents,
+                               workers=args.workers, filters=args.filters, dedup=args.dedup, force=args.force,
+                               **{name: value for name, value in options.items() if value is not None})
+        result = prepare(config)
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
+    print(result.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------- input and output
+
+
+# ---------------------------------------------------------------------- train and generate
+
+
+def _add_train_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm train`` and ``tinygrad-llm generate``."""
+    p = commands.add_parser("train", help="train a GPT on prepared token shards")
+    p.add_argument("--data", help="directory written by `prepare` (default: data/stdlib)")
+    p.add_argument("--preset", help="model preset: " + ", ".join(PRESETS) + " (default: small)")
+    p.add_argument("--config", type=Path, help="TOML file: preset, [model] and [train] tables")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set lr=3e-4 --set n_layer=6 (repeatable)")
+    p.add_argument("--out", help="run directory for checkpoints, log.jsonl and loss.png")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps")
+    p.add_argument("--time-budget", help="training time, e.g. 600, 90s, 10m (sets the step count)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("generate", help="continue a prompt with a trained model")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path,
+                   help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
+    p.add_argument("--prompt", "-p", default=None, help="text to continue (default: read stdin)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=200)
+    p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh each run)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    p.set_defaults(func=_generate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tinygrad_llm.checkpoint import latest_checkpoint, read_info
+    from tinygrad_llm.train import TrainConfig, Trainer, parse_duration, resolve_config
+
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
+    resume_from = None
+    if args.resume:
+        out = args.out or TrainConfig.out_dir
+        latest = latest_checkpoint(out)
+        if latest is None:
+            raise CLIError(f"{out}: no checkpoint to resume from")
+        resume_from = read_info(latest)
+    model_fields, config = resolve_config(args.preset, args.config, args.set, resume_from, data=args.data,
+                                          out_dir=args.out, max_steps=args.max_steps, time_budget=budget,
+                                          device=args.device)
+    if not Path(config.data).is_dir():
+        raise CLIError(f"{config.data}: no prepared data here; run `tinygrad-llm prepare --out {config.data}` first")
+    summary = Trainer(model_fields, config, resume=args.resume).fit()
+    print(f"{summary['status']} at step {summary['step']}/{summary['max_steps']} in {summary['seconds']:.0f}s; "
+          f"best validation loss {summary['best_val_loss']:.4f}; checkpoint {summary['checkpoint']}", file=sys.stderr)
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tinygrad_llm.checkpoint import load_model
+    from tinygrad_llm.generate import SamplingConfig, generate_text
+
+    if args.max_new_tokens <= 0:
+        raise CLIError(f"--max-new-tokens must be positive, not {args.max_new_tokens}")
+    try:
+        sampling = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    model, tokenizer = load_model(args.checkpoint)
+    prompt = args.prompt if args.prompt is not None else _read_stdin_utf8()
+    sys.stdout.write(prompt)
+    for piece in generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
 
 
 def _checked_pattern(pattern: str) -> str:

@@ -1,4 +1,12 @@
-"""Data: where text comes from (``sources``), and later cleaning, dedup and token shards.
+"""Data: from raw text to token shards a trainer can memory-map.
 
-Cleaning: ``normalize``, ``filters``, ``minhash``, ``dedup``, and ``clean`` which runs them over a stream.
+``sources`` (where text comes from: the stdlib corpus, text files, JSON Lines),
+cleaning (``normalize``, ``filters``, ``minhash``, ``dedup``, and ``clean`` which runs
+them over a stream), ``shards`` (the ``prepare`` pipeline: clean, tokenize, write
+shards) and ``loader`` (memory-mapped shards and the batches a trainer draws from them).
 """
+
+
+class DataError(ValueError):
+    """A problem with the user's data (a missing path, an empty corpus, missing or damaged
+    shards): reported as one line, never as a traceback."""

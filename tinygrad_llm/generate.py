@@ -1,0 +1,131 @@
+"""Text generation: sample one token at a time, with a KV cache.
+
+    for piece in generate_text(model, tokenizer, "def main(", max_new_tokens=100, temperature=0.8, top_k=50):
+        print(piece, end="", flush=True)
+
+Each step feeds only the newest token through the model; the keys and values
+of the earlier ones wait in the cache. When the text outgrows the context the
+window slides: the cache is dropped and refilled with the last half-context of
+tokens (positions restart, which is what a model with learned positions needs).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+import nn
+from tinygrad_llm.model import GPT
+from tokenizer import Tokenizer
+
+__all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "PromptError"]
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take (empty, or longer than its context)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick the next token from the logits.
+
+    temperature 0 means greedy (argmax). Otherwise the logits are divided by the
+    temperature, cut to the ``top_k`` most likely tokens (0 = all), then to the
+    smallest set whose probability reaches ``top_p`` (1.0 = all), and sampled.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+
+
+def sample_next(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> int:
+    """One token id from a row of logits (vocab_size,)."""
+    if config.temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / config.temperature
+    if 0 < config.top_k < scaled.size:
+        kth = np.partition(scaled, -config.top_k)[-config.top_k]
+        scaled[scaled < kth] = -np.inf
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if config.top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, config.top_p)) + 1]  # the smallest set reaching top_p
+        nucleus = np.zeros_like(probs)
+        nucleus[keep] = probs[keep]
+        probs = nucleus / nucleus.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
+                    seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` new token ids after ``prompt``, stopping after a token in ``stop_ids``."""
+    context = model.config.block_size
+    if not prompt:
+        raise PromptError("the prompt is empty (it needs at least one token)")
+    if len(prompt) > context:
+        raise PromptError(f"the prompt has {len(prompt)} tokens; the model's context is {context}")
+    rng = np.random.default_rng(seed)
+    tokens = list(prompt)
+    was_training = model.training
+    model.eval()
+    try:
+        with nn.no_grad():
+            caches = model.make_caches(1)
+            pending = tokens  # tokens not yet in the cache
+            for _ in range(max_new_tokens):
+                if caches[0].length + len(pending) > context:  # slide: keep the last half-context
+                    for cache in caches:
+                        cache.reset()
+                    pending = tokens[-(context // 2):]
+                logits, _ = model(np.asarray([pending]), caches=caches)
+                token = sample_next(logits.numpy()[0, -1], sampling, rng)
+                tokens.append(token)
+                pending = [token]
+                yield token
+                if token in stop_ids:
+                    return
+    finally:
+        model.train(was_training)
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,
+                  sampling: SamplingConfig | None = None, seed: int | None = None,
+                  stop: Sequence[str] = (), stop_at_eot: bool = True) -> Iterator[str]:
+    """Stream the continuation of ``prompt`` as text pieces, ending before the first stop string.
+
+    Tokens can split a UTF-8 character, so bytes go through an incremental
+    decoder; text that might be the start of a stop string is held back until
+    it is known not to be one.
+    """
+    ids = tokenizer.encode(prompt, allowed_special="all")
+    eot = tokenizer.special_tokens.get("<|endoftext|>")
+    stop_ids = [eot] if stop_at_eot and eot is not None else []
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    held = ""
+    hold = max((len(s) for s in stop), default=1) - 1
+    for token in generate_tokens(model, ids, max_new_tokens, sampling or SamplingConfig(), seed, stop_ids):
+        if token in stop_ids:
+            break
+        held += decoder.decode(tokenizer.token_bytes(token))
+        hits = [held.find(s) for s in stop if s in held]
+        if hits:
+            yield held[: min(hits)]
+            return
+        if len(held) > hold:
+            yield held[: len(held) - hold]
+            held = held[len(held) - hold:]
+    yield held + decoder.decode(b"", final=True)
