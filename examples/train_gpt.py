@@ -20,11 +20,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable from a fresh clone without installing
 
 from tinygrad_llm.checkpoint import step_checkpoints  # noqa: E402
 from tinygrad_llm.cli import main as cli  # noqa: E402
+from tinygrad_llm.data.loader import TokenShards  # noqa: E402
 
 PROMPTS = ("def ", "class ", "import ")
 
@@ -49,6 +52,14 @@ def step(title: str, argv: list[str]) -> None:
         sys.exit(status)
 
 
+def unigram_entropy(data: str) -> float:
+    """Entropy (nats) of the training tokens' frequencies: what predicting without context achieves."""
+    tokens = TokenShards(data, "train")
+    counts = np.bincount(np.asarray(tokens[0:len(tokens)]), minlength=tokens.vocab_size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def main() -> None:
     args = parse_args()
     name = "stdlib" if args.source == "stdlib" else Path(args.source).stem or "custom"
@@ -71,6 +82,8 @@ def main() -> None:
     last_eval = [r for r in records if "val_loss" in r][-1]
     print(f"\nvalidation: loss {last_eval['val_loss']:.3f} nats/token, perplexity {last_eval['val_ppl']:.1f}, "
           f"{last_eval['val_bpb']:.3f} bits/byte at step {last_eval['step']}")
+    print(f"baseline:   {unigram_entropy(data):.3f} nats/token, the loss of a model that ignores the context "
+          "(the unigram entropy of the training tokens)")
     print(f"checkpoints: {out}/ (best.safetensors, ckpt_*.safetensors)")
     print(f"metrics log: {out}/log.jsonl")
     print(f"loss curve:  {out}/loss.png")

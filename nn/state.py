@@ -49,12 +49,20 @@ def save(path: str | os.PathLike, tensors: dict[str, Tensor | Any], metadata: di
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         safetensors.numpy.save_file(arrays, temporary, metadata=metadata)
+        os.chmod(temporary, _file_mode())  # the writer creates 0600 files; give the usual umask-based mode
         _fsync(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _fsync(path.parent)  # make the rename itself durable
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def load(path: str | os.PathLike, device: str = "cpu") -> dict[str, Tensor]:

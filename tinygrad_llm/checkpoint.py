@@ -154,7 +154,7 @@ def file_sha256(path: str | Path) -> str:
 def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:
     """The model and tokenizer of a checkpoint (a file or a run directory), ready for generation.
 
-    The tokenizer is the ``tokenizer.json`` the trainer copied beside the
+    The tokenizer is the ``tokenizer.txt`` the trainer copied beside the
     checkpoints; its hash must be the one the checkpoint was trained with.
     """
     path = resolve_checkpoint(path)

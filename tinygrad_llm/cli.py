@@ -381,8 +381,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     model, tokenizer = load_model(args.checkpoint)
     prompt = args.prompt if args.prompt is not None else _read_stdin_utf8()
-    sys.stdout.write(prompt)
-    for piece in generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop):
+    pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop)
+    sys.stdout.write(prompt + next(pieces))  # next() checks the prompt (PromptError) before anything is printed
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

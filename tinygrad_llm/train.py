@@ -200,6 +200,11 @@ def _presets() -> dict[str, dict]:
     return PRESETS
 
 
+def _json_number(value: Any) -> Any:
+    """Non-finite floats become null: strict JSON has no NaN or Infinity."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 # ---------------------------------------------------------------- evaluation
 def evaluate(model: GPT, shards: TokenShards, token_bytes: np.ndarray, batch_size: int,
              max_batches: int | None) -> dict[str, float]:
@@ -229,8 +234,9 @@ class Trainer:
     """Owns the model, optimizer, data and files of one run (``out_dir``)."""
 
     def __init__(self, model_fields: dict[str, Any], config: TrainConfig, resume: bool = False,
-                 stream: TextIO = sys.stderr, rank: int = 0, world_size: int = 1) -> None:
-        self.config, self.stream, self.rank, self.world_size = config, stream, rank, world_size
+                 stream: TextIO | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.stream = sys.stderr if stream is None else stream  # looked up now, so a redirected stderr is honoured
         self.out_dir = Path(config.out_dir)
         self.meta = read_meta(config.data)
         tokenizer_path = Path(config.data) / self.meta["tokenizer"]["file"]
@@ -254,6 +260,7 @@ class Trainer:
         self.val_shards = TokenShards(config.data, "val")
         self.loader = BatchLoader(self.train_shards, config.batch_size, self.model_config.block_size,
                                   seed=config.seed, rank=rank, world_size=world_size)
+        eval_windows(self.val_shards, self.model_config.block_size, 1)  # a val split shorter than a window fails now
 
         nn.manual_seed(config.seed)
         self.model = GPT(self.model_config).to(config.dtype)
@@ -288,7 +295,7 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n")
 
     def schedule(self) -> Callable[[int], float]:
         c = self.config
@@ -502,7 +509,7 @@ class Trainer:
         if not log.exists():
             return None
         records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
         import matplotlib
 

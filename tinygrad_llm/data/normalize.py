@@ -22,15 +22,13 @@ _NEWLINES = re.compile(r"\r\n?")
 _WHITESPACE = re.compile(r"\s+")
 _DIGITS = re.compile(r"\d")
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
-_KEPT_CONTROLS = frozenset("\t\n")
+# Unicode category Cc is exactly U+0000..U+001F and U+007F..U+009F; tab and newline stay.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def normalize_text(text: str) -> str:
     """NFC, ``\\n`` newlines and no control characters other than tab and newline."""
-    text = unicodedata.normalize("NFC", _NEWLINES.sub("\n", text))
-    if text.isprintable():
-        return text
-    return "".join(ch for ch in text if ch in _KEPT_CONTROLS or unicodedata.category(ch) != "Cc")
+    return _CONTROLS.sub("", unicodedata.normalize("NFC", _NEWLINES.sub("\n", text)))
 
 
 def collapse_whitespace(text: str) -> str:
