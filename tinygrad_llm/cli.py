@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from tinygrad_llm.checkpoint import CheckpointError
 from tinygrad_llm.data import DataError
+from tinygrad_llm.files import atomic_write, atomic_write_bytes
 from tinygrad_llm.generate import PromptError
 from tinygrad_llm.model import PRESETS, ConfigError
 from tinygrad_llm.train import TrainingError
@@ -251,7 +250,7 @@ def _plot_bytes_per_token(rows: list[dict], heldout_name: str, path: Path) -> No
     ax.set_title(f"BPE compression on {heldout_name}", fontsize=9)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -445,25 +444,7 @@ def _write_output(path: Path | None, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
-        _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def _atomic(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write_bytes(path, data)
 
 
 if __name__ == "__main__":

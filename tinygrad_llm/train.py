@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -45,6 +44,7 @@ from tinygrad_llm.checkpoint import (
     step_checkpoints,
 )
 from tinygrad_llm.data.loader import BatchLoader, TokenShards, eval_windows, read_meta
+from tinygrad_llm.files import atomic_write
 from tinygrad_llm.model import GPT, ConfigError, GPTConfig, estimate_mfu, peak_flops
 from tinygrad_llm.progress import Progress
 from tokenizer import Tokenizer
@@ -324,9 +324,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer_copy = self.out_dir / TOKENIZER_FILE
         if not tokenizer_copy.exists() or file_sha256(tokenizer_copy) != self.tokenizer_sha256:
-            tmp = tokenizer_copy.with_suffix(".txt.tmp")
-            shutil.copyfile(self.tokenizer_path, tmp)
-            os.replace(tmp, tokenizer_copy)
+            atomic_write(tokenizer_copy, lambda tmp: shutil.copyfile(self.tokenizer_path, tmp))
         model_state = {k: t.numpy() for k, t in self.model.state_dict().items()}
         save_checkpoint(path, Checkpoint(model_state, self._info(), self.optimizer.state_dict()))
         if not best:
@@ -527,8 +525,6 @@ class Trainer:
         ax.grid(alpha=0.3)
         ax.legend()
         path = self.out_dir / "loss.png"
-        tmp = path.with_suffix(".png.tmp")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
-        os.replace(tmp, path)
         return path

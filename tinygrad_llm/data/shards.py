@@ -76,6 +76,7 @@ from tinygrad_llm.data.clean import CleaningConfig, clean_and_dedup
 from tinygrad_llm.data.filters import CODE_FILTERS, PROSE_FILTERS, Filter, first_failure
 from tinygrad_llm.data.normalize import normalize_text
 from tinygrad_llm.data.sources import Document, Source, is_validation, open_source
+from tinygrad_llm.files import atomic_write_bytes, fsync_directory
 from tinygrad_llm.progress import Progress
 from tokenizer import ENDOFTEXT, Tokenizer, TokenizerFileError
 
@@ -233,7 +234,7 @@ def prepare(config: PrepareConfig | None = None) -> PrepareResult:
         if config.tokenizer is None:
             tokenizer.save(staging / TOKENIZER_FILE)
         else:
-            _write_atomic(staging / TOKENIZER_FILE, Path(config.tokenizer).read_bytes())
+            atomic_write_bytes(staging / TOKENIZER_FILE, Path(config.tokenizer).read_bytes())
         splits = _write_splits({"train": train, "val": val}, tokenizer, dtype, staging, config)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
@@ -607,38 +608,8 @@ def _commit(staging: Path, out: Path, meta: dict[str, Any]) -> None:
             old.unlink()
     for staged in sorted(staging.iterdir()):
         os.replace(staged, out / staged.name)
-    _fsync_directory(out)
-    _write_atomic(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(out)
+    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------- small helpers
