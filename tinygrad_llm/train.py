@@ -474,6 +474,8 @@ class Trainer:
             if progress is not None:
                 progress.close()
             signal.signal(signal.SIGINT, previous_handler)
+        if status == "time budget reached":
+            self._evaluate_and_log()  # the last numbers of the run, even when it ended early
         path = self.save()
         if status == "interrupted":
             self.say(f"interrupted at step {self.step}; checkpoint {path}; continue with --resume")
