@@ -308,7 +308,7 @@ def test_train_refuses_to_overwrite_a_run(run_copy, capsys, fast_args, data_dir)
     (["--max-steps=-3"], "--max-steps: must be at least 1"),
     (["--set", "max_steps=0"], "max_steps must be a positive integer"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--device", "cuda"], "training runs on the CPU only for now"),
+    (["--device", "cuda", "--max-steps", "2"], "training runs on the CPU only for now"),
 ])
 def test_bad_train_options(tmp_path, capsys, data_dir, options, named):
     status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--preset", "tiny", *options)
