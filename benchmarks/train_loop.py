@@ -578,6 +578,7 @@ def _parent(args: argparse.Namespace) -> int:
     curve = _curve_summary(curves["ours"], curves["torch"], val)
     same_batches = all(p["ours"]["batch_crc"] == p["torch"]["batch_crc"] for p in pairs + [last])
     quartiles = statistics.quantiles(ratios, n=4)
+    quiet = [r for r, cores in zip(ratios, foreign, strict=True) if cores < 0.2]
     other_cores = statistics.median(foreign)
     hello = ours.hello
     out = Path(args.out)
@@ -624,6 +625,11 @@ def _parent(args: argparse.Namespace) -> int:
                       "loop's own bookkeeping ('other')."),
         "speed_ratio": round(statistics.median(ratios), 3),
         "speed_ratio_quartiles": [round(q, 3) for q in quartiles],
+        "speed_ratio_by_order": {"ours_first": round(statistics.median(ratios[0::2]), 3),
+                                 "torch_first": round(statistics.median(ratios[1::2]), 3)},
+        "speed_ratio_quiet_pairs": {"pairs": len(quiet),
+                                    "median": round(statistics.median(quiet), 3) if quiet else None,
+                                    "definition": "pairs during which other processes used under 0.2 cores"},
         "speed_ratio_all": [round(r, 3) for r in ratios],
         "ours": sides["ours"],
         "torch": sides["torch"],
@@ -647,7 +653,9 @@ def _parent(args: argparse.Namespace) -> int:
               f"{100 * ph['outside_share']:.2f}% ({ph['outside_ms_per_step']:.1f} ms: data "
               f"{ph['ms_per_step']['data']:.2f}, clip {ph['ms_per_step']['clip']:.2f}, other "
               f"{ph['ms_per_step']['other']:.2f})")
-    print(f"speed ratio ours/torch {report['speed_ratio']:.3f} (quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f})")
+    quiet_median = report["speed_ratio_quiet_pairs"]["median"]
+    print(f"speed ratio ours/torch {report['speed_ratio']:.3f} (quartiles {quartiles[0]:.3f}..{quartiles[2]:.3f}); "
+          f"{len(quiet)} pairs without other load: {'-' if quiet_median is None else f'{quiet_median:.3f}'}")
     print(f"curves over {curve['steps']} steps: first-step |diff| {curve['first_step_loss']['abs_difference']:.2e}, "
           f"max |diff| {curve['max_abs_loss_difference']:.2e} at step {curve['max_abs_loss_difference_at_step']}, "
           f"mean {curve['mean_abs_loss_difference']:.2e}; final val loss ours {val['ours']:.4f} torch "
