@@ -132,7 +132,7 @@ class CausalSelfAttention(Module):
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         """(B, T, C) -> (B, T, C). With ``cache``, x holds the tokens after the cached ones."""
-        b, t, c = x.shape
+        b, t, _ = x.shape
         h, g, d = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([h * d, g * d, g * d], dim=-1)
         q = q.reshape(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
@@ -152,7 +152,7 @@ class CausalSelfAttention(Module):
             xp = backend.xp_of(q.data)
             mask = xp.tril(xp.ones((t, start + t), dtype=bool), k=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(b, t, c)
+        y = y.transpose(1, 2).reshape(b, t, h * d)  # h * d = c, or this process's share of it
         return self.resid_dropout(self.c_proj(y))
 
     def extra_repr(self) -> str:

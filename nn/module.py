@@ -56,12 +56,13 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"call Module.__init__() before assigning {name!r} in {type(self).__name__}")
+        target = self._parameters if isinstance(value, Parameter) else \
+            self._modules if isinstance(value, Module) else None
         for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+            if table is not target:
+                table.pop(name, None)
+        if target is not None:
+            target[name] = value  # replacing a layer keeps its place, so parameter order stays the same
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:

@@ -268,7 +268,15 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, eps:
     grads = [p.grad.data for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    total_norm = math.sqrt(sum(_sum_of_squares(g) for g in grads))
+    return scale_to_norm(grads, math.sqrt(sum(sum_of_squares(g) for g in grads)), max_norm, eps)
+
+
+def scale_to_norm(grads: list[Any], total_norm: float, max_norm: float, eps: float = 1e-6) -> float:
+    """Scale ``grads`` (arrays, in place) by ``max_norm / (total_norm + eps)`` if that is below 1; return the norm.
+
+    The second half of clipping, shared by :func:`clip_grad_norm_` and its
+    tensor-parallel version, which only differ in how they find the norm.
+    """
     clip_coef = max_norm / (total_norm + eps)
     if clip_coef < 1 or math.isnan(clip_coef):
         for g in grads:
@@ -277,7 +285,7 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, eps:
     return total_norm
 
 
-def _sum_of_squares(array: Any) -> float:
+def sum_of_squares(array: Any) -> float:
     """sum(array ** 2) accumulated in float64."""
     flat = array.reshape(-1).astype(xp_of(array).float64, copy=False)
     return float(flat @ flat)

@@ -12,6 +12,7 @@ Every method that computes something is a one-line call into an op class in
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,7 +50,8 @@ class Tensor:
     ``requires_grad``: whether ops on this tensor are recorded for backward.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "_retains_grad", "name", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "_grad_hooks", "_retains_grad", "name",
+                 "__weakref__")
     # Makes ``ndarray + Tensor`` call Tensor.__radd__ instead of NumPy's broadcasting.
     __array_priority__ = 200
 
@@ -69,6 +71,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self._ctx = None
         self._hooks: list[Callable] = []
+        self._grad_hooks: list[Callable] | None = None  # post-accumulate hooks; leaves only, rarely used
         self._retains_grad = False
         self.name = name
 
@@ -249,6 +252,19 @@ class Tensor:
         self._hooks.append(hook)
         return RemovableHandle(self._hooks, hook)
 
+    def register_post_accumulate_grad_hook(self, hook: Callable[[Tensor], None]) -> RemovableHandle:
+        """Call ``hook(self)`` once a backward pass has added its whole contribution to this leaf's ``.grad``.
+
+        Data parallelism uses it: a gradient may be sent to the other processes
+        the moment it is final, while backward goes on with earlier layers.
+        """
+        if not self.requires_grad or self._ctx is not None:
+            raise RuntimeError("post-accumulate hooks are for leaf tensors that require grad")
+        if self._grad_hooks is None:
+            self._grad_hooks = []
+        self._grad_hooks.append(hook)
+        return RemovableHandle(self._grad_hooks, hook)
+
     def retain_grad(self) -> None:
         """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep it)."""
         self._retains_grad = True
@@ -275,6 +291,21 @@ class Tensor:
             if seed.shape != self.data.shape:
                 raise RuntimeError(f"grad of shape {seed.shape} given for a tensor of shape {self.shape}")
 
+        global _backward_depth, _backward_passes
+        if _backward_depth == 0:
+            _backward_passes += 1
+        _backward_depth += 1
+        try:
+            self._backward(seed, retain_graph)
+        finally:
+            _backward_depth -= 1
+            if _backward_depth == 0:  # the outermost pass (checkpointing nests backward inside backward)
+                callbacks, _backward_callbacks[:] = list(_backward_callbacks), []
+                if sys.exc_info()[0] is None:
+                    for callback in callbacks:
+                        callback()
+
+    def _backward(self, seed: Any, retain_graph: bool) -> None:
         profiler = _profiler_state()
         grads: dict[int, Any] = {id(self): seed}
         # Arrays a leaf may not keep as its .grad without copying: those another tensor already kept
@@ -295,6 +326,9 @@ class Tensor:
                 if fn is None or t._retains_grad:
                     _accumulate_grad(t, g, stored)
                 if fn is None:
+                    if t._grad_hooks:
+                        for hook in list(t._grad_hooks):
+                            hook(t)
                     continue
                 if profiler is None:
                     input_grads = fn.backward(g)
@@ -546,6 +580,29 @@ def _shape_arg(args: tuple) -> tuple:
     if len(args) == 1 and isinstance(args[0], Sequence):
         return tuple(args[0])
     return tuple(args)
+
+
+# Backward passes nest (activation checkpointing runs one inside another); callbacks queued
+# during a pass run when the outermost one ends, and each outermost pass has a number.
+_backward_depth = 0
+_backward_passes = 0
+_backward_callbacks: list[Callable[[], None]] = []
+
+
+def queue_backward_callback(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` when the backward pass now running (the outermost one) has finished.
+
+    Called from a hook; e.g. data parallelism waits there for its last gradient
+    all-reduce. If backward raises, queued callbacks are dropped.
+    """
+    if _backward_depth == 0:
+        raise RuntimeError("queue_backward_callback() outside a backward pass")
+    _backward_callbacks.append(callback)
+
+
+def backward_pass_id() -> int:
+    """A number that changes with every outermost backward pass (hooks use it to see a new pass)."""
+    return _backward_passes
 
 
 def _accumulate_grad(t: Tensor, g: Any, stored: set[int]) -> None:

@@ -57,6 +57,7 @@ class GPTConfig:
     norm_eps: float = 1e-5
     vocab_multiple: int = 64        # pad the embedding rows to a multiple of this (faster matmuls)
     checkpoint_activations: bool = False  # recompute each block in backward to save memory
+    tensor_parallel: int = 1        # split each block's heads and MLP across this many processes (mpiexec)
 
     def __post_init__(self) -> None:
         choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
@@ -76,6 +77,12 @@ class GPTConfig:
             raise ConfigError(f"rotary positions need an even head dimension, not {self.head_dim}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
+        tp = self.tensor_parallel
+        if not isinstance(tp, int) or tp < 1:
+            raise ConfigError(f"tensor_parallel must be a positive integer, not {tp!r}")
+        if self.n_head % tp or self.kv_heads % tp or self.mlp_hidden % tp:
+            raise ConfigError(f"tensor_parallel={tp} must divide n_head ({self.n_head}), the key/value heads "
+                              f"({self.kv_heads}) and the MLP width ({self.mlp_hidden})")
 
     @property
     def head_dim(self) -> int:
@@ -191,6 +198,34 @@ class GPT(Module):
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.reset_parameters()
+        if config.tensor_parallel > 1:
+            self._split_for_tensor_parallel()
+
+    def _split_for_tensor_parallel(self) -> None:
+        """Keep this process's slice of every block's attention heads and MLP width (Megatron's layout).
+
+        Called after initialisation, so every process first builds the whole
+        model from the same seed: the split model is exactly the dense one, cut.
+        Per block: c_attn column-parallel (each process its heads' q, k, v),
+        c_proj row-parallel; c_fc column-parallel, c_proj row-parallel. The
+        embeddings, norms and the output head stay whole on every process.
+        """
+        from nn import distributed
+
+        try:
+            comm = distributed.init(self.config.tensor_parallel).tensor
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; launch with mpiexec -n <a multiple of it>") from None
+        for block in self.h:
+            attn, mlp = block.attn, block.mlp
+            h, g, d = attn.n_head, attn.n_kv_head, attn.head_dim
+            attn.c_attn = distributed.ColumnParallelLinear.from_linear(attn.c_attn, comm, (h * d, g * d, g * d))
+            attn.c_proj = distributed.RowParallelLinear.from_linear(attn.c_proj, comm)
+            attn.n_head, attn.n_kv_head = h // comm.size, g // comm.size
+            hidden = mlp.c_proj.in_features
+            sections = (hidden,) if mlp.kind == "gelu" else (hidden, hidden)  # SwiGLU: [gate; up]
+            mlp.c_fc = distributed.ColumnParallelLinear.from_linear(mlp.c_fc, comm, sections)
+            mlp.c_proj = distributed.RowParallelLinear.from_linear(mlp.c_proj, comm)
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: weights N(0, 0.02), biases 0, norm weights 1.
@@ -246,7 +281,8 @@ class GPT(Module):
         """Empty KV caches, one per layer, holding up to ``max_length`` (default: the context) positions."""
         c = self.config
         dtype, device = self.wte.weight.dtype, self.wte.weight.device
-        return [KVCache(batch_size, c.kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
+        kv_heads = self.h[0].attn.n_kv_head  # this process's share under tensor parallelism
+        return [KVCache(batch_size, kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
                 for _ in range(c.n_layer)]
 
     # ------------------------------------------------------------ accounting
