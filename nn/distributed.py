@@ -59,7 +59,8 @@ from nn.tensor import Tensor, backward_pass_id, queue_backward_callback
 __all__ = [
     "Communicator", "ParallelState", "init", "state", "launched", "abort", "DistributedDataParallel",
     "ColumnParallelLinear", "RowParallelLinear", "copy_to_tensor_parallel", "reduce_from_tensor_parallel",
-    "gather_from_tensor_parallel", "clip_grad_norm_", "shard", "unshard", "gather_parameter",
+    "gather_from_tensor_parallel", "clip_grad_norm_", "shard", "unshard", "gather_parameter", "full_state_dict",
+    "shard_state_dict", "full_optimizer_state", "shard_optimizer_state",
 ]
 
 # Environment variables that MPI launchers set in every process they start (MPICH/Hydra, Open MPI, PMIx/Slurm).
@@ -290,6 +291,7 @@ def abort(message: str, status: int = 1) -> None:
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
     if world.size > 1:
         world.comm.Abort(status)
+        os._exit(status)  # should MPI_Abort return (it may, once the launcher has been told), never go on
 
 
 def _abort_on_uncaught(kind: type, value: BaseException, tb: Any) -> None:
@@ -670,3 +672,49 @@ def clip_grad_norm_(parameters: Sequence[Tensor], max_norm: float, comm: Communi
     comm.all_reduce(squares, op="sum")
     total = float(squares[0]) + sum(optim.sum_of_squares(p.grad.data) for p in whole)
     return optim.scale_to_norm([p.grad.data for p in params], total ** 0.5, max_norm, eps)
+
+
+# ---------------------------------------------------------------- whole-model checkpoints of a split model
+def full_state_dict(module: Module, comm: Communicator | None = None) -> dict[str, np.ndarray]:
+    """``module.state_dict()`` as host arrays with every split parameter gathered to full size.
+
+    A collective: every process of ``comm`` (the tensor group) must call it.
+    The result is what the dense model would save, so a checkpoint written
+    under tensor parallelism loads into any layout.
+    """
+    comm = comm if comm is not None else state().tensor
+    return {name: backend.to_numpy(gather_parameter(t.data, t, comm)) for name, t in module.state_dict().items()}
+
+
+def shard_state_dict(module: Module, full: dict[str, Any], comm: Communicator | None = None) -> dict[str, Any]:
+    """The inverse of :func:`full_state_dict`: each full array cut to this process's slice (no communication)."""
+    comm = comm if comm is not None else state().tensor
+    own = module.state_dict()
+    return {name: _cut_like(own.get(name), value, comm) for name, value in full.items()}
+
+
+def _cut_like(p: Tensor | None, array: Any, comm: Communicator) -> Any:
+    split = getattr(p, "tensor_parallel", None)
+    if split is None or comm.size == 1:
+        return array
+    return shard(np.asarray(array), split[0], split[1], comm.rank, comm.size)
+
+
+def full_optimizer_state(optimizer: optim.Optimizer, comm: Communicator | None = None) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with the moments of split parameters gathered to full size (a collective)."""
+    comm = comm if comm is not None else state().tensor
+    packed = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    packed["state"] = {i: {k: gather_parameter(v, params[i], comm) if hasattr(v, "shape") and v.ndim else v
+                           for k, v in s.items()} for i, s in packed["state"].items()}
+    return packed
+
+
+def shard_optimizer_state(optimizer: optim.Optimizer, full: dict[str, Any],
+                          comm: Communicator | None = None) -> dict[str, Any]:
+    """The inverse of :func:`full_optimizer_state`, ready for ``optimizer.load_state_dict``."""
+    comm = comm if comm is not None else state().tensor
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    cut = {int(i): {k: _cut_like(params[int(i)], v, comm) if hasattr(v, "shape") and np.ndim(v) else v
+                    for k, v in s.items()} for i, s in full["state"].items() if int(i) < len(params)}
+    return {**full, "state": cut}

@@ -160,7 +160,8 @@ def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
     try:
-        config = GPTConfig.from_dict(ckpt.info["model_config"])
+        # Checkpoints always hold the whole model, whatever tensor parallelism trained it.
+        config = GPTConfig.from_dict({**ckpt.info["model_config"], "tensor_parallel": 1})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unusable model config ({exc})") from None
     model = GPT(config)

@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, status: int = 2) -> int:
+    from nn import distributed
+
+    if distributed.launched() and distributed.state().world_size > 1:
+        # The other processes may be waiting for this one in a collective: end them all, not just us.
+        distributed.abort(f"{PROG}: error: {message}", status)
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return status
 
@@ -362,9 +367,12 @@ def _train(args: argparse.Namespace) -> int:
                                           device=args.device)
     if not Path(config.data).is_dir():
         raise CLIError(f"{config.data}: no prepared data here; run `tinygrad-llm prepare --out {config.data}` first")
-    summary = Trainer(model_fields, config, resume=args.resume).fit()
-    print(f"{summary['status']} at step {summary['step']}/{summary['max_steps']} in {summary['seconds']:.0f}s; "
-          f"best validation loss {summary['best_val_loss']:.4f}; checkpoint {summary['checkpoint']}", file=sys.stderr)
+    trainer = Trainer(model_fields, config, resume=args.resume)
+    summary = trainer.fit()
+    if trainer.is_main:
+        print(f"{summary['status']} at step {summary['step']}/{summary['max_steps']} in {summary['seconds']:.0f}s; "
+              f"best validation loss {summary['best_val_loss']:.4f}; checkpoint {summary['checkpoint']}",
+              file=sys.stderr)
     return 130 if summary["status"] == "interrupted" else 0
 
 

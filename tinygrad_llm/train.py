@@ -11,10 +11,18 @@ byte are measured; every ``checkpoint_interval`` steps (and at the end, and on
 Ctrl-C) a checkpoint is written atomically. A resumed run restores the model,
 the optimizer, the step, the data position and the random state, so it
 continues with exactly the losses the uninterrupted run would have had.
+
+Under ``mpiexec -n N`` the same code trains on N processes (``nn.distributed``):
+each data-parallel process reads its own slice of every batch and DDP averages
+the gradients, so a step equals one process's step on the whole batch; with
+``tensor_parallel=T`` each group of T processes splits every block. Process 0
+alone logs, shows progress and writes checkpoints, which always hold the whole
+model, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,8 +39,8 @@ from typing import Any, TextIO
 import numpy as np
 
 import nn
+from nn import distributed, optim
 from nn import functional as F
-from nn import optim
 from tinygrad_llm.checkpoint import (
     TOKENIZER_FILE,
     Checkpoint,
@@ -63,7 +71,7 @@ class TrainConfig:
     data: str = "data/stdlib"                # directory written by `tinygrad-llm prepare`
     out_dir: str = "runs/small"              # checkpoints, log.jsonl, loss.png
     batch_size: int = 16                     # sequences per micro-batch (per process)
-    total_batch_tokens: int | None = None    # tokens per optimizer step; None = one micro-batch
+    total_batch_tokens: int | None = None    # tokens per optimizer step, all processes; None = one micro-batch each
     max_steps: int | None = None             # optimizer steps; None = as many as time_budget allows
     time_budget: float | None = None         # seconds of training, evaluation included
     lr: float = 1e-3
@@ -204,6 +212,15 @@ def _presets() -> dict[str, dict]:
     return PRESETS
 
 
+# Model fields that choose how the model is laid out in memory, not what it computes: a run may resume with others.
+_LAYOUT_FIELDS = ("checkpoint_activations", "tensor_parallel")
+
+
+def _replica_seed(seed: int, replica: int, step: int = 0) -> int:
+    """The random seed of data-parallel replica ``replica`` > 0 (its dropout masks differ from the others')."""
+    return int(np.random.SeedSequence([seed, replica, step]).generate_state(1)[0])
+
+
 def _json_number(value: Any) -> Any:
     """Non-finite floats become null: strict JSON has no NaN or Infinity."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -211,23 +228,29 @@ def _json_number(value: Any) -> Any:
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(model: GPT, shards: TokenShards, token_bytes: np.ndarray, batch_size: int,
-             max_batches: int | None) -> dict[str, float]:
+             max_batches: int | None, comm: distributed.Communicator | None = None) -> dict[str, float]:
     """Validation loss (nats per token), perplexity and bits per byte over the first ``max_batches`` batches.
 
     Bits per byte divides the total loss in bits by the UTF-8 bytes of the
     predicted tokens, which makes models with different tokenizers comparable.
+    With ``comm`` (the data-parallel group) each process scores every N-th
+    batch and the sums are added up, so all get the numbers of the whole set.
     """
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     was_training = model.training
     model.eval()
-    nats, tokens, text_bytes = 0.0, 0, 0
+    totals = np.zeros(3)  # nats, tokens, bytes
     with nn.no_grad():
-        for x, y in eval_windows(shards, model.config.block_size, batch_size, max_batches):
+        for i, (x, y) in enumerate(eval_windows(shards, model.config.block_size, batch_size, max_batches)):
+            if i % size != rank:
+                continue
             logits, _ = model(x)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-            nats += float(loss.item())
-            tokens += y.size
-            text_bytes += int(token_bytes[y].sum())
+            totals += (float(loss.item()), y.size, int(token_bytes[y].sum()))
     model.train(was_training)
+    if comm is not None:
+        comm.all_reduce(totals, op="sum")
+    nats, tokens, text_bytes = float(totals[0]), int(totals[1]), int(totals[2])
     loss = nats / max(tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)),
             "val_bpb": nats / math.log(2) / max(text_bytes, 1)}
@@ -238,8 +261,7 @@ class Trainer:
     """Owns the model, optimizer, data and files of one run (``out_dir``)."""
 
     def __init__(self, model_fields: dict[str, Any], config: TrainConfig, resume: bool = False,
-                 stream: TextIO | None = None, rank: int = 0, world_size: int = 1) -> None:
-        self.config, self.rank, self.world_size = config, rank, world_size
+                 stream: TextIO | None = None) -> None:
         self.stream = sys.stderr if stream is None else stream  # looked up now, so a redirected stderr is honoured
         self.out_dir = Path(config.out_dir)
         self.meta = read_meta(config.data)
@@ -249,25 +271,41 @@ class Trainer:
         self.tokenizer_sha256 = file_sha256(tokenizer_path)
         vocab = self.tokenizer.vocab_size  # the vocabulary always comes from the data's tokenizer
         self.model_config = GPTConfig.from_dict({**model_fields, "vocab_size": vocab})
+        try:
+            self.parallel = distributed.init(self.model_config.tensor_parallel)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; launch with mpiexec -n <a multiple of it>") from None
+        self.rank = self.parallel.rank
+        data = self.parallel.data  # the processes that share the batch (tensor-parallel peers share data)
         self.token_bytes = np.array([len(self.tokenizer.token_bytes(i)) for i in range(vocab)], dtype=np.int64)
         self.token_bytes[list(self.tokenizer.special_tokens.values())] = 0  # a document boundary is not text
 
-        tokens_per_micro = config.batch_size * self.model_config.block_size * world_size
-        total = config.total_batch_tokens or tokens_per_micro
+        block = self.model_config.block_size
+        tokens_per_micro = config.batch_size * block * data.size
+        if config.total_batch_tokens is None:  # fixed now, so a resume on other processes keeps the batch
+            config = dataclasses.replace(config, total_batch_tokens=tokens_per_micro)
+        total = config.total_batch_tokens
         if total % tokens_per_micro:
+            fits = [b for b in range(config.batch_size, 0, -1) if total % (b * block * data.size) == 0]
+            hint = f"; try --set batch_size={fits[0]}" if fits else ""
             raise ConfigError(f"total_batch_tokens ({total}) must be a multiple of batch_size x block_size x "
-                              f"processes ({tokens_per_micro})")
+                              f"data-parallel processes ({config.batch_size} x {block} x {data.size} = "
+                              f"{tokens_per_micro}){hint}")
+        self.config = config
         self.accum = total // tokens_per_micro
         self.tokens_per_step = total
 
         self.train_shards = TokenShards(config.data, "train")
         self.val_shards = TokenShards(config.data, "val")
         self.loader = BatchLoader(self.train_shards, config.batch_size, self.model_config.block_size,
-                                  seed=config.seed, rank=rank, world_size=world_size)
+                                  seed=config.seed, rank=data.rank, world_size=data.size)
         eval_windows(self.val_shards, self.model_config.block_size, 1)  # a val split shorter than a window fails now
 
-        nn.manual_seed(config.seed)
+        nn.manual_seed(config.seed)  # the same on every process: a split model is the dense one, cut
         self.model = GPT(self.model_config).to(config.dtype)
+        self.ddp = distributed.DistributedDataParallel(self.model, comm=data) if data.size > 1 else None
+        if data.rank > 0:  # dropout: each replica its own stream; replica 0 keeps the single-process one
+            nn.manual_seed(_replica_seed(config.seed, data.rank))
         self.optimizer = optim.AdamW(optim.param_groups_for_weight_decay(self.model.named_parameters(),
                                                                          config.weight_decay),
                                      lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
@@ -303,19 +341,24 @@ class Trainer:
 
     def schedule(self) -> Callable[[int], float]:
         c = self.config
-        return optim.make_schedule(c.schedule, max_lr=c.lr, min_lr=c.lr / 10 if c.min_lr is None else c.min_lr,
-                                   warmup_steps=self.warmup_steps, total_steps=self.max_steps)
+        arguments: dict[str, Any] = {"max_lr": c.lr, "warmup_steps": self.warmup_steps}
+        if c.schedule != "constant":  # the decaying ones
+            arguments.update(total_steps=self.max_steps, min_lr=c.lr / 10 if c.min_lr is None else c.min_lr)
+        if c.schedule == "wsd":  # decay over the last fifth of the steps after warmup
+            arguments["decay_steps"] = (self.max_steps - self.warmup_steps) // 5
+        return optim.make_schedule(c.schedule, **arguments)
 
     @property
     def warmup_steps(self) -> int:
         return min(self.config.warmup_steps, max(self.max_steps // 10, 1))
 
     # ------------------------------------------------------------ checkpoints
-    def _info(self) -> dict[str, Any]:
+    def _info(self, rng_states: list[dict]) -> dict[str, Any]:
         return {
             "model_config": self.model_config.to_dict(), "train_config": dataclasses.asdict(self.config),
             "step": self.step, "max_steps": self.max_steps, "loader": self.loader.state_dict(),
-            "rng": nn.get_rng_state(), "tokenizer_sha256": self.tokenizer_sha256,
+            "rng": rng_states[0], "tokenizer_sha256": self.tokenizer_sha256,
+            "rng_by_rank": rng_states if len(rng_states) > 1 else None, "processes": len(rng_states),
             "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
             "elapsed": self.elapsed + time.perf_counter() - self._started,
         }
@@ -323,14 +366,17 @@ class Trainer:
     def save(self, best: bool = False) -> Path:
         """Write ``ckpt_<step>.safetensors`` (or ``best.safetensors``) and prune old step checkpoints."""
         path = self.out_dir / ("best.safetensors" if best else f"ckpt_{self.step:07d}.safetensors")
+        # Collectives first (every process takes part), then process 0 writes the whole model.
+        model_state = distributed.full_state_dict(self.model, self.parallel.tensor)
+        optimizer_state = distributed.full_optimizer_state(self.optimizer, self.parallel.tensor)
+        rng_states = self.parallel.world.all_gather_object(nn.get_rng_state())
         if not self.is_main:
             return path
         self.out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer_copy = self.out_dir / TOKENIZER_FILE
         if not tokenizer_copy.exists() or file_sha256(tokenizer_copy) != self.tokenizer_sha256:
             atomic_write(tokenizer_copy, lambda tmp: shutil.copyfile(self.tokenizer_path, tmp))
-        model_state = {k: t.numpy() for k, t in self.model.state_dict().items()}
-        save_checkpoint(path, Checkpoint(model_state, self._info(), self.optimizer.state_dict()))
+        save_checkpoint(path, Checkpoint(model_state, self._info(rng_states), optimizer_state))
         if not best:
             for _, old in step_checkpoints(self.out_dir)[:-self.config.keep_last]:
                 old.unlink(missing_ok=True)
@@ -347,36 +393,53 @@ class Trainer:
         saved = info["model_config"]
         ours = self.model_config.to_dict()
         differ = [f"{k} (checkpoint {saved.get(k)!r}, now {v!r})" for k, v in ours.items()
-                  if k != "checkpoint_activations" and saved.get(k) != v]
+                  if k not in _LAYOUT_FIELDS and saved.get(k) != v]
         if differ:
             raise CheckpointError(f"{path}: model config does not match: " + ", ".join(differ))
         try:
-            self.model.load_state_dict(ckpt.model)
-            self.optimizer.load_state_dict(ckpt.optimizer)
+            tensor = self.parallel.tensor
+            self.model.load_state_dict(distributed.shard_state_dict(self.model, ckpt.model, tensor))
+            self.optimizer.load_state_dict(distributed.shard_optimizer_state(self.optimizer, ckpt.optimizer, tensor))
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         self.step = info["step"]
         self.max_steps = self.config.max_steps or info["max_steps"]  # an explicit max_steps may extend the run
         self.loader.load_state_dict(info["loader"])
-        nn.set_rng_state(info["rng"])
+        by_rank, world = info.get("rng_by_rank"), self.parallel.world
+        if by_rank and len(by_rank) == world.size:  # the same layout: every process continues its own stream
+            nn.set_rng_state(by_rank[world.rank])
+        elif self.parallel.data.rank == 0:
+            nn.set_rng_state(info["rng"])
+        else:  # a new layout: fresh streams for the new replicas (only dropout uses them)
+            nn.manual_seed(_replica_seed(self.config.seed, self.parallel.data.rank, self.step))
         self.best_val_loss = math.inf if info.get("best_val_loss") is None else info["best_val_loss"]
         self.elapsed = info.get("elapsed", 0.0)
-        self.say(f"resumed from {path} at step {self.step}/{self.max_steps}")
+        processes = info.get("processes", 1)
+        moved = f" (saved by {processes} process{'es' if processes > 1 else ''})" \
+            if processes != self.parallel.world_size else ""
+        self.say(f"resumed from {path} at step {self.step}/{self.max_steps}{moved}")
 
     # ------------------------------------------------------------ one step
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over ``accum`` micro-batches; returns (mean loss, gradient norm)."""
         total_loss = 0.0
-        for _ in range(self.accum):
+        model = self.ddp or self.model
+        for i in range(self.accum):
             x, y = self.loader.next_batch()
-            _, loss = self.model(x, y)
-            (loss * (1.0 / self.accum)).backward()
+            # Under DDP only the last micro-batch's backward talks to the other processes.
+            quiet = self.ddp is not None and i < self.accum - 1
+            with self.ddp.no_sync() if quiet else contextlib.nullcontext():
+                _, loss = model(x, y)
+                (loss * (1.0 / self.accum)).backward()
             total_loss += float(loss.item()) / self.accum
+        if self.ddp is not None:  # the loss of the whole batch, for the log (the gradients already are)
+            total_loss = float(self.parallel.data.all_reduce(np.array([total_loss]), op="mean")[0])
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.config.grad_clip > 0:
-            norm = optim.clip_grad_norm_(params, self.config.grad_clip)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        if self.parallel.tensor.size > 1:
+            norm = distributed.clip_grad_norm_(params, max_norm, self.parallel.tensor)
         else:
-            norm = math.sqrt(sum(float((p.grad.data.astype(np.float64) ** 2).sum()) for p in params))
+            norm = optim.clip_grad_norm_(params, max_norm)
         return total_loss, float(norm)
 
     def _calibrate(self, budget_left: float) -> None:
@@ -397,10 +460,12 @@ class Trainer:
         nn.set_rng_state(rng_state)
         step_time = min(times)
         start = time.perf_counter()
-        evaluate(self.model, self.val_shards, self.token_bytes, self.config.batch_size, self.config.eval_batches)
+        evaluate(self.model, self.val_shards, self.token_bytes, self.config.batch_size, self.config.eval_batches,
+                 self.parallel.data)
         eval_time = time.perf_counter() - start
         per_step = step_time + eval_time / self.config.eval_interval
-        self.max_steps = max(1, int((budget_left - eval_time) / per_step))
+        # Process 0's measurement decides for all: every process must run the same number of steps.
+        self.max_steps = self.parallel.world.broadcast_object(max(1, int((budget_left - eval_time) / per_step)))
         self.say(f"time budget {budget_left:.0f}s: {step_time:.2f}s per step, {eval_time:.1f}s per evaluation "
                  f"-> {self.max_steps} steps")
 
@@ -425,7 +490,7 @@ class Trainer:
         if self.step == 0:
             self._evaluate_and_log()
         previous_handler = signal.getsignal(signal.SIGINT)
-        if self.is_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._on_sigint)
         bad_steps, status = 0, "finished"
         progress = Progress(total=self.max_steps, unit="step", desc="train", stream=self.stream) \
@@ -435,10 +500,11 @@ class Trainer:
         window_start, window_tokens = time.perf_counter(), 0
         try:
             while self.step < self.max_steps:
-                if self._stop_requested:
+                stop, over = self._should_stop()
+                if stop:
                     status = "interrupted"
                     break
-                if c.time_budget is not None and self.elapsed + time.perf_counter() - self._started > c.time_budget:
+                if over:
                     status = "time budget reached"
                     break
                 lr = schedule(self.step)
@@ -490,6 +556,14 @@ class Trainer:
         return {"status": status, "step": self.step, "max_steps": self.max_steps, "checkpoint": str(path),
                 "best_val_loss": self.best_val_loss, "seconds": self.elapsed + time.perf_counter() - self._started}
 
+    def _should_stop(self) -> tuple[bool, bool]:
+        """(stop requested, time budget spent), agreed by all processes: if one stops, all stop together."""
+        c = self.config
+        over = c.time_budget is not None and self.elapsed + time.perf_counter() - self._started > c.time_budget
+        flags = np.array([self._stop_requested, over], dtype=np.float64)
+        self.parallel.world.all_reduce(flags, op="max")
+        return bool(flags[0]), bool(flags[1])
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
@@ -498,7 +572,7 @@ class Trainer:
 
     def _evaluate_and_log(self) -> None:
         metrics = evaluate(self.model, self.val_shards, self.token_bytes, self.config.batch_size,
-                           self.config.eval_batches)
+                           self.config.eval_batches, self.parallel.data)
         self.log({"step": self.step, **metrics, "time": time.time()})
         self.say(f"step {self.step}: val loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}, "
                  f"{metrics['val_bpb']:.3f} bits/byte")

@@ -145,6 +145,21 @@ def test_resume_may_extend_the_run(trained_run, run_copy, train_config):
     assert [step for step, _ in step_checkpoints(run_copy)] == [4, 6]
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "wsd"])
+def test_every_schedule_drives_a_run(schedule, train_config, tmp_path):
+    out = tmp_path / schedule
+    trainer = Trainer(*train_config(out, f"schedule={schedule}", "warmup_steps=1", "lr=0.01", max_steps=10),
+                      stream=io.StringIO())
+    assert trainer.fit()["status"] == "finished"
+    lrs = [r["lr"] for r in train_records(out)]
+    expected = {"cosine": lambda s: nn.optim.cosine_schedule(s, max_lr=0.01, warmup_steps=1, total_steps=10,
+                                                               min_lr=0.001),
+                "constant": lambda s: 0.01,
+                "wsd": lambda s: nn.optim.wsd_schedule(s, max_lr=0.01, warmup_steps=1, total_steps=10,
+                                                         decay_steps=1, min_lr=0.001)}[schedule]
+    np.testing.assert_allclose(lrs, [expected(step) for step in range(10)], rtol=1e-12)
+
+
 # ---------------------------------------------------------------------- atomic checkpoints
 
 
