@@ -15,6 +15,7 @@ import numpy as np
 
 from nn import backend
 from nn.backend import xp_of
+from nn.kernels import cuda
 from nn.kernels.blocked import map_blocks
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -76,7 +77,9 @@ def _tanh_parts(x):
 
 
 def gelu_forward(x, approximate: str):
-    """GELU(x) = x Phi(x)."""
+    """GELU(x) = x Phi(x). CuPy float32/float16 arrays run ``gelu.cu``."""
+    if cuda.supports(x):
+        return cuda.gelu_forward(x, approximate)
 
     def block(xb):
         if approximate == "tanh":
@@ -92,7 +95,9 @@ def gelu_forward(x, approximate: str):
 
 
 def gelu_backward(x, g, approximate: str):
-    """g * GELU'(x) = g * (Phi(x) + x phi(x))."""
+    """g * GELU'(x) = g * (Phi(x) + x phi(x)). CuPy float32/float16 arrays run ``gelu.cu``."""
+    if cuda.supports(x):
+        return cuda.gelu_backward(x, g, approximate)
 
     def block(xb, gb):
         if approximate == "tanh":

@@ -14,6 +14,7 @@ Statistics are kept in float32 at least (``compute_dtype``).
 from __future__ import annotations
 
 from nn.backend import xp_of
+from nn.kernels import cuda
 from nn.kernels.blocked import blocks, compute_dtype
 
 
@@ -21,8 +22,11 @@ def norm_forward(x, weight, bias, eps: float, centre: bool):
     """Returns (y in x's dtype, xhat, rstd (rows, 1)); xhat and rstd are what backward needs.
 
     Row sums are matrix-vector products with a vector of ones: BLAS streams
-    the rows faster than NumPy's pairwise ``sum(axis=1)``.
+    the rows faster than NumPy's pairwise ``sum(axis=1)``. CuPy float32/float16
+    arrays run ``norm.cu`` instead.
     """
+    if cuda.supports(x):
+        return cuda.norm_forward(x, weight, bias, eps, centre)
     xp = xp_of(x)
     rows, n = x.shape
     xhat = xp.empty(x.shape, dtype=compute_dtype(x.dtype))
@@ -50,7 +54,9 @@ def norm_forward(x, weight, bias, eps: float, centre: bool):
 
 
 def norm_backward(g, xhat, rstd, weight, centre: bool, want_weight: bool, want_bias: bool):
-    """Returns (dx, d weight or None, d bias or None), all in xhat's dtype."""
+    """Returns (dx, d weight or None, d bias or None), all in xhat's dtype. CuPy float32 xhat runs ``norm.cu``."""
+    if cuda.supports(g) and xhat.dtype == "float32":
+        return cuda.norm_backward(g, xhat, rstd, weight, centre, want_weight, want_bias)
     xp = xp_of(xhat)
     rows, n = xhat.shape
     ones = xp.ones(n, dtype=xhat.dtype)
