@@ -1,4 +1,4 @@
-"""Hypothesis settings for the whole suite.
+"""Hypothesis settings for the whole suite, and the ``mpiexec`` the multi-process tests launch.
 
 No deadline (a first NumPy or regex call can be slow) and the failing example is
 printed so it can be replayed. Under CI (CI=true) the examples are derandomized:
@@ -9,10 +9,26 @@ keep drawing new ones, which is how new edge cases get found.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "project", deadline=None, print_blob=True, derandomize=os.environ.get("CI") == "true",
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 settings.load_profile("project")
+
+
+@pytest.fixture(scope="session")
+def mpiexec() -> str:
+    """The MPI launcher of this environment (the mpich wheel's, installed by the test extra)."""
+    found = Path(sys.executable).parent / "mpiexec"
+    path = str(found) if found.exists() else shutil.which("mpiexec")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("mpiexec not found: `pip install mpi4py mpich` is part of the test extra")
+        pytest.skip("mpiexec not found (pip install mpi4py mpich)")
+    return path

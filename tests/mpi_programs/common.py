@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -53,3 +54,24 @@ def check(condition: bool, message: str) -> None:
 
 def max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def reference_step(model: GPT, optimizer, x: np.ndarray, y: np.ndarray) -> None:
+    """One process, the whole batch: forward, backward, clipping at 1.0, AdamW."""
+    from nn import optim
+
+    _, loss = model(x, y)
+    loss.backward()
+    optim.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def data_parallel_backward(ddp, x: np.ndarray, y: np.ndarray, micro_steps: int, rank: int, size: int,
+                           rows: int) -> None:
+    """This process's share of the batch: micro-step j takes rows of slot j * size + rank; only the last talks."""
+    for j in range(micro_steps):
+        mine = slice((j * size + rank) * rows, (j * size + rank + 1) * rows)
+        with ddp.no_sync() if j < micro_steps - 1 else contextlib.nullcontext():
+            _, loss = ddp(x[mine], y[mine])
+            (loss * (1.0 / micro_steps)).backward()

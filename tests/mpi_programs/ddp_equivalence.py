@@ -5,11 +5,18 @@ and compares all parameters after every optimizer step.
 Usage: mpiexec -n N python -m tests.mpi_programs.ddp_equivalence K BUCKET_MB OVERLAP(0|1)
 """
 
-import contextlib
 import sys
 
 from nn import distributed, optim
-from tests.mpi_programs.common import batch, build, check, max_relative_difference, tiny_config
+from tests.mpi_programs.common import (
+    batch,
+    build,
+    check,
+    data_parallel_backward,
+    max_relative_difference,
+    reference_step,
+    tiny_config,
+)
 
 
 def main() -> None:
@@ -26,17 +33,8 @@ def main() -> None:
     ref_opt = optim.AdamW(reference.parameters(), lr=1e-2)
     for step in range(4):
         x, y = batch(micro_steps * n * rows, config, seed=step)
-        _, loss = reference(x, y)
-        loss.backward()
-        optim.clip_grad_norm_(reference.parameters(), 1.0)
-        ref_opt.step()
-        ref_opt.zero_grad()
-        for j in range(micro_steps):
-            mine = slice((j * n + rank) * rows, (j * n + rank + 1) * rows)
-            last = j == micro_steps - 1
-            with ddp.no_sync() if not last else contextlib.nullcontext():
-                _, loss = ddp(x[mine], y[mine])
-                (loss * (1.0 / micro_steps)).backward()
+        reference_step(reference, ref_opt, x, y)
+        data_parallel_backward(ddp, x, y, micro_steps, rank, n, rows)
         optim.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()

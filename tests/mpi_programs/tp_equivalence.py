@@ -13,7 +13,16 @@ import numpy as np
 
 import nn
 from nn import distributed, optim
-from tests.mpi_programs.common import batch, build, check, max_relative_difference, perturb, tiny_config
+from tests.mpi_programs.common import (
+    batch,
+    build,
+    check,
+    data_parallel_backward,
+    max_relative_difference,
+    perturb,
+    reference_step,
+    tiny_config,
+)
 
 LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_weights=False)
 
@@ -85,16 +94,8 @@ def training(tp: int, micro_steps: int = 2, rows: int = 2) -> None:
     opt, ref_opt = optim.AdamW(model.parameters(), lr=1e-2), optim.AdamW(reference.parameters(), lr=1e-2)
     for step in range(3):
         x, y = batch(micro_steps * n * rows, config, seed=10 + step)
-        _, loss = reference(x, y)
-        loss.backward()
-        optim.clip_grad_norm_(reference.parameters(), 1.0)
-        ref_opt.step()
-        ref_opt.zero_grad()
-        for j in range(micro_steps):
-            mine = slice((j * n + r) * rows, (j * n + r + 1) * rows)
-            with ddp.no_sync() if j < micro_steps - 1 else contextlib.nullcontext():
-                _, loss = ddp(x[mine], y[mine])
-                (loss * (1.0 / micro_steps)).backward()
+        reference_step(reference, ref_opt, x, y)
+        data_parallel_backward(ddp, x, y, micro_steps, r, n, rows)
         distributed.clip_grad_norm_(model.parameters(), 1.0, parallel.tensor)
         opt.step()
         opt.zero_grad()

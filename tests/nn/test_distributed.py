@@ -8,7 +8,6 @@ tolerance 1e-10). Here each is launched with ``mpiexec -n 2`` and ``-n 4`` and a
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import nn
 from nn import distributed, optim
 from nn.tensor import queue_backward_callback
+from tests.mpi_programs import MPI_ENV
 from tinygrad_llm.model import GPT, ConfigError, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,19 +127,8 @@ def test_a_tensor_parallel_gpt_needs_the_processes():
 
 
 # ---------------------------------------------------------------------- several processes
-@pytest.fixture(scope="module")
-def mpiexec() -> str:
-    found = Path(sys.executable).parent / "mpiexec"
-    path = str(found) if found.exists() else shutil.which("mpiexec")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("mpiexec not found: `pip install mpi4py mpich` is part of the test extra")
-        pytest.skip("mpiexec not found (pip install mpi4py mpich)")
-    return path
-
-
 def launch(mpiexec: str, processes: int, program: str, *args: object) -> str:
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "HYDRA_LAUNCHER": "fork"}
+    env = {**os.environ, **MPI_ENV}
     result = subprocess.run([mpiexec, "-n", str(processes), sys.executable, "-m", f"tests.mpi_programs.{program}",
                              *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.mpi_programs import MPI_ENV
 from tinygrad_llm.checkpoint import load_checkpoint, read_info
 
 pytestmark = pytest.mark.mpi
@@ -30,22 +30,11 @@ EXACT = ["--preset", "tiny", "--set=block_size=32", "--set=batch_size=2", "--set
 """256 tokens per step = 4 micro-batches of 2 x 32 on one process, 2 on each of two, 1 on each of four."""
 
 
-@pytest.fixture(scope="module")
-def mpiexec() -> str:
-    found = Path(sys.executable).parent / "mpiexec"
-    path = str(found) if found.exists() else shutil.which("mpiexec")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("mpiexec not found: `pip install mpi4py mpich` is part of the test extra")
-        pytest.skip("mpiexec not found (pip install mpi4py mpich)")
-    return path
-
-
 def run(command: list, processes: int | None = None, mpiexec: str | None = None,
         timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``command`` (under ``mpiexec -n processes`` if given) from the repository root."""
     prefix = [mpiexec, "-n", str(processes)] if processes else []
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "HYDRA_LAUNCHER": "fork"}
+    env = {**os.environ, **MPI_ENV}
     return subprocess.run([*prefix, *map(str, command)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
