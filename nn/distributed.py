@@ -290,12 +290,14 @@ def abort(message: str, status: int = 1) -> None:
         message += f"; aborting all {world.size} processes"
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
     if world.size > 1:
+        time.sleep(1.0)  # let the launcher forward what this process printed before it kills everything
         world.comm.Abort(status)
         os._exit(status)  # should MPI_Abort return (it may, once the launcher has been told), never go on
 
 
 def _abort_on_uncaught(kind: type, value: BaseException, tb: Any) -> None:
     traceback.print_exception(kind, value, tb)
+    sys.stderr.flush()
     abort(f"uncaught {kind.__name__}: {value}", status=1)
 
 
