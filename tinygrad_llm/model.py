@@ -294,7 +294,9 @@ class GPT(Module):
         scores and their weighted sum over a context of T.
         """
         c = self.config
-        n = self.num_parameters() - (self.wpe.weight.numel() if c.pos == "learned" else 0)
+        # The whole model's parameters: under tensor parallelism this process holds 1/tp of each split one.
+        n = sum(p.numel() * (c.tensor_parallel if getattr(p, "tensor_parallel", None) else 1)
+                for p in self.parameters()) - (self.wpe.weight.numel() if c.pos == "learned" else 0)
         return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
     # ------------------------------------------------------------ loading

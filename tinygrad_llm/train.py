@@ -481,7 +481,7 @@ class Trainer:
         if self.max_steps is None:
             self._calibrate(c.time_budget - self.elapsed)
         schedule = self.schedule()
-        peak = peak_flops(c.device)
+        peak = peak_flops(c.device) * self.parallel.world_size  # tokens/s below counts every process's tokens
         flops_per_token = self.model.flops_per_token(self.model_config.block_size)
         self.say(f"model: {self.model.num_parameters():,} parameters, {self.model_config.n_layer} layers, "
                  f"context {self.model_config.block_size}; {self.tokens_per_step:,} tokens per step "

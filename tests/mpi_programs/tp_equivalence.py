@@ -50,6 +50,7 @@ def block_and_model(tp: int, variant: str) -> None:
     split = perturb(build(tiny_config(**variants(tp)[variant], tensor_parallel=tp), seed=0), parallel.tensor)
     check(split.h[0].attn.c_attn.weight.shape[0] * tp == dense.h[0].attn.c_attn.weight.shape[0],
           "c_attn is not split")
+    check(split.flops_per_token() == dense.flops_per_token(), "FLOPs per token must count the whole model")
 
     # One block, on an input that requires grad.
     x = np.random.default_rng(1).standard_normal((3, 8, 32))
