@@ -33,8 +33,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import THREAD_VARS, cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 LR, BETAS, EPS, WEIGHT_DECAY, CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 
@@ -181,14 +182,6 @@ def _versions() -> dict:
             "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip()}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def _parent(args: argparse.Namespace) -> int:
     ranks = [int(r) for r in args.ranks.split(",")]
     top = max(ranks)
@@ -244,7 +237,7 @@ def _parent(args: argparse.Namespace) -> int:
                  f"reference: torch.nn.parallel.DistributedDataParallel over gloo, both under mpiexec."),
         "table": table,
         "bucket_overlap_sweep": sweep,
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "load_average_before": load_before,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
         "versions": _versions(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -53,7 +53,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,8 +60,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from harness import THREAD_VARS, PipeWorker, cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 CORE_PHASES = ("forward", "backward", "optimizer")
 
 
@@ -324,51 +324,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parent: drive both, pair the blocks
-class _Worker:
+class _Worker(PipeWorker):
     def __init__(self, side: str, args: argparse.Namespace, run_dir: Path) -> None:
         run_dir.mkdir(parents=True)
-        env = {**os.environ, **{v: str(args.threads) for v in THREAD_VARS}}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--run-dir", str(run_dir),
-               "--data", args.data, "--preset", args.preset, "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads), "--steps", str(args.steps), "--lr", str(args.lr),
-               "--seed", str(args.seed), "--log-interval", str(args.log_interval),
-               "--eval-batches", str(args.eval_batches)]
-        self.side = side
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        self.hello = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.side} exited with status {self.proc.wait()}")
-        return json.loads(line)
-
-    def ask(self, command: str, gap: float = 0.0) -> dict[str, Any]:
-        time.sleep(gap)  # let the other side's idle BLAS/OpenMP threads stop spinning first
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.proc.wait()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
+        options = ["--run-dir", str(run_dir), "--data", args.data, "--preset", args.preset,
+                   "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--steps", str(args.steps),
+                   "--lr", str(args.lr), "--seed", str(args.seed), "--log-interval", str(args.log_interval),
+                   "--eval-batches", str(args.eval_batches)]
+        super().__init__(side, __file__, options, args.threads)
 
 
 def _cpu_seconds() -> dict[int, float]:
@@ -588,7 +551,7 @@ def _parent(args: argparse.Namespace) -> int:
                      "logging, progress), ours (tinygrad_llm.train.Trainer.fit) vs a PyTorch reference loop, CPU",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "threads": args.threads, "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "concurrent_load": {

@@ -40,14 +40,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import THREAD_VARS, PipeWorker, cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 1e-8, 0.1
 QUIET_CORES = 0.1  # a pair counts as quiet when other processes used less CPU than this during both steps
 
@@ -269,27 +269,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parent: drive both, pair the steps
-class _Worker:
+class _Worker(PipeWorker):
     def __init__(self, side: str, args: argparse.Namespace) -> None:
-        env = {**os.environ, **{v: str(args.threads) for v in THREAD_VARS}}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--preset", args.preset,
-               "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-               "--torch-optimizer", args.torch_optimizer]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        self.hello = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.proc.args[3]} exited with status {self.proc.wait()}")
-        return json.loads(line)
-
-    def ask(self, command: str, gap: float = 0.0) -> dict[str, Any]:
-        time.sleep(gap)  # let the other side's idle BLAS/OpenMP threads stop spinning first
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._read()
+        super().__init__(side, __file__, ["--preset", args.preset, "--batch-size", str(args.batch_size),
+                                          "--threads", str(args.threads), "--torch-optimizer", args.torch_optimizer],
+                         args.threads)
 
     def block(self, steps: int, gap: float) -> dict[str, Any]:
         """``steps`` training steps back to back, summarised by :func:`_summarise`.
@@ -307,12 +291,7 @@ class _Worker:
         return _summarise(result, foreign)
 
     def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:  # it died already; its exit status is what the caller's error names
-            pass
-        self.proc.wait()
+        super().close(goodbye="quit")
 
 
 def _summarise(steps: list[dict[str, float]], foreign_cores: float | None) -> dict[str, Any]:
@@ -339,19 +318,6 @@ def _machine_busy_s() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _parent(args: argparse.Namespace) -> int:
@@ -414,7 +380,7 @@ def _parent(args: argparse.Namespace) -> int:
     report = {
         "benchmark": "train_step: GPT forward + backward + AdamW step, ours vs PyTorch eager CPU",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "threads": args.threads, "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "versions": theirs.hello["versions"],

@@ -1,0 +1,70 @@
+"""What the side-by-side benchmarks share: the machine's name and a worker process driven over a pipe.
+
+A benchmark's parent starts one worker per side (ours, the reference) as a
+separate process, so each has its own thread settings and memory, and speaks
+to it one line at a time: a command goes in on stdin, one JSON line comes back
+on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set before NumPy or torch is imported, they fix the number of BLAS/OpenMP threads."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), for the results file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class PipeWorker:
+    """``script --worker side ...`` in its own process with ``threads`` BLAS threads; ``hello`` is its first line."""
+
+    def __init__(self, side: str, script: str | Path, options: list[str], threads: int) -> None:
+        env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        command = [sys.executable, str(Path(script).resolve()), "--worker", side, *options]
+        self.side = side
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     cwd=ROOT)
+        self.hello = self.read()
+
+    def read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.side} exited with status {self.proc.wait()}")
+        return json.loads(line)
+
+    def ask(self, command: str, gap: float = 0.0) -> dict[str, Any]:
+        """Send ``command``, return the worker's answer; ``gap`` seconds of quiet first."""
+        time.sleep(gap)  # let the other side's idle BLAS/OpenMP threads stop spinning first
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self, goodbye: str | None = None) -> None:
+        """Close its stdin (after sending ``goodbye``, if given) and wait for it to exit."""
+        try:
+            if goodbye is not None:
+                self.proc.stdin.write(goodbye + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it died already; its exit status is what the caller's error names
+            pass
+        self.proc.wait()
