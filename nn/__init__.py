@@ -11,7 +11,7 @@ import numpy as _np
 from nn import functional, optim, state
 from nn.backend import get_rng_state, manual_seed, set_rng_state
 from nn.checkpoint import checkpoint
-from nn.function import Function
+from nn.function import Function, FunctionHook
 from nn.gradcheck import GradcheckError, gradcheck
 from nn.graph import draw_graph
 from nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ModuleList, RMSNorm, Sequential
@@ -61,7 +61,7 @@ def triu(x, diagonal: int = 0):
 __all__ = [
     "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU", "Sequential",
     "ModuleList",
-    "Tensor", "Function", "functional", "tensor", "zeros", "ones", "full", "arange", "randn", "rand",
+    "Tensor", "Function", "FunctionHook", "functional", "tensor", "zeros", "ones", "full", "arange", "randn", "rand",
     "zeros_like", "ones_like", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
     "manual_seed", "get_rng_state", "set_rng_state", "gradcheck", "GradcheckError", "draw_graph", "profile",
     "cat", "stack", "where", "tril", "triu", "float16", "float32", "float64", "int32", "int64", "bool_",

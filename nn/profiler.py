@@ -5,9 +5,12 @@
         loss.backward()
     print(p.table())
 
-The bytes column is the size of the arrays each op kept for its backward
-(references to inputs included), i.e. the activation memory it is
-responsible for until backward releases it.
+The profiler is a :class:`nn.function.FunctionHook`: while its block runs it
+is called before and after every op's forward and backward. The bytes column
+is the size of the arrays each op kept for its backward (references to
+inputs included), i.e. the activation memory it is responsible for until
+backward releases it. An op that runs other ops inside its own forward or
+backward (activation checkpointing does) is timed with them included.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nn import function
+from nn.function import Function, FunctionHook
 
 
 @dataclass
@@ -32,38 +35,41 @@ class OpStats:
         return self.forward_s + self.backward_s
 
 
-class profile:
-    """Context manager that records per-op time and saved memory while it is active."""
+class profile(FunctionHook):
+    """A function hook that records per-op time and saved memory while its ``with`` block is active.
+
+    Entering the same profiler again later adds to its statistics.
+    """
 
     def __init__(self) -> None:
         self.stats: dict[str, OpStats] = {}
+        # When each running op's forward or backward started, by id(fn): ops nest (checkpointing).
+        self._started: dict[int, float] = {}
 
-    def __enter__(self) -> profile:
-        if function._profiler is not None:
-            raise RuntimeError("nn.profile() blocks cannot be nested")
-        function._profiler = self
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        function._profiler = None
-
-    def _entry(self, fn: function.Function) -> OpStats:
+    def _entry(self, fn: Function) -> OpStats:
         name = fn.name
         if name not in self.stats:
             self.stats[name] = OpStats(name)
         return self.stats[name]
 
-    def record_forward(self, fn: function.Function, seconds: float) -> None:
+    def _elapsed(self, fn: Function) -> float:
+        return time.perf_counter() - self._started.pop(id(fn))
+
+    def forward_preprocess(self, fn: Function, inputs: list[Any]) -> None:
+        self._started[id(fn)] = time.perf_counter()
+
+    def forward_postprocess(self, fn: Function, inputs: list[Any], output: Any) -> None:
+        seconds = self._elapsed(fn)
         entry = self._entry(fn)
         entry.calls += 1
         entry.forward_s += seconds
         entry.saved_bytes += sum(int(getattr(a, "nbytes", 0)) for a in fn.saved_arrays if a is not None)
 
-    def timed_backward(self, fn: function.Function, grad: Any) -> Any:
-        start = time.perf_counter()
-        result = fn.backward(grad)
-        self._entry(fn).backward_s += time.perf_counter() - start
-        return result
+    def backward_preprocess(self, fn: Function, grad: Any) -> None:
+        self._started[id(fn)] = time.perf_counter()
+
+    def backward_postprocess(self, fn: Function, grad: Any, input_grads: tuple[Any, ...]) -> None:
+        self._entry(fn).backward_s += self._elapsed(fn)
 
     def rows(self) -> list[OpStats]:
         """Per-op statistics, most total time first."""

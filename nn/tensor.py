@@ -6,13 +6,18 @@ remembers its input Tensors; following ``_ctx.inputs`` from a loss walks the
 whole computation backwards. :meth:`Tensor.backward` does that walk once, in
 reverse topological order, with an explicit stack instead of recursion.
 
-Every method that computes something is a one-line call into an op class in
-``nn/ops``; the op's forward and backward live together there.
+Every method that computes something is a call into an op class in ``nn/ops``
+(a few, such as ``max`` with indices and ``split``, combine some); the op's
+forward and backward live together there. The ops never see a Tensor, only
+arrays: this module registers the Tensor class with ``nn.function`` so that
+``Function.apply`` can wrap its results.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +25,20 @@ import numpy as np
 
 from nn import backend
 from nn.backend import as_dtype, is_float, xp_of
-from nn.function import _profiler_state, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from nn.function import (
+    Function,
+    FunctionHook,
+    active_hooks,
+    enable_grad,
+    is_grad_enabled,
+    no_grad,
+    register_tensor_class,
+    set_grad_enabled,
+)
+from nn.ops import elementwise
+from nn.ops import matmul as matmul_ops
+from nn.ops import reduce as reduce_ops
+from nn.ops import shape as shape_ops
 from nn.ops.util import normalize_dims
 
 __all__ = [
@@ -29,6 +47,7 @@ __all__ = [
 ]
 
 Scalar = int | float | bool
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
 
 class RemovableHandle:
@@ -277,7 +296,8 @@ class Tensor:
         its output's gradient complete. Gradients of intermediate tensors live
         only in a local table and are dropped as soon as they are used.
         Without ``retain_graph`` each op releases its saved arrays right after
-        its backward, so memory falls as the walk proceeds.
+        its backward, so memory falls as the walk proceeds. Active function
+        hooks (:class:`nn.FunctionHook`) are called around each op's backward.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad?)")
@@ -306,7 +326,7 @@ class Tensor:
                         callback()
 
     def _backward(self, seed: Any, retain_graph: bool) -> None:
-        profiler = _profiler_state()
+        function_hooks = active_hooks()  # read once per pass: usually empty
         grads: dict[int, Any] = {id(self): seed}
         # Arrays a leaf may not keep as its .grad without copying: those another tensor already kept
         # in this pass, and the caller's own gradient array (the seed), which is not ours to hand out.
@@ -330,12 +350,10 @@ class Tensor:
                         for hook in list(t._grad_hooks):
                             hook(t)
                     continue
-                if profiler is None:
-                    input_grads = fn.backward(g)
+                if function_hooks:
+                    input_grads = _backward_with_hooks(fn, g, function_hooks)
                 else:
-                    input_grads = profiler.timed_backward(fn, g)
-                if not isinstance(input_grads, tuple):
-                    input_grads = (input_grads,)
+                    input_grads = _as_tuple(fn.backward(g))
                 for parent, needs, pg in zip(fn.inputs, fn.needs_input_grad, input_grads, strict=True):
                     if not needs or pg is None:
                         continue
@@ -485,11 +503,23 @@ class Tensor:
 
     def max(self, dim: int | None = None, keepdim: bool = False):
         """Largest value; with an int ``dim``, ``(values, indices)`` as in PyTorch."""
-        return reduce_ops.extremum(self, dim, keepdim, largest=True)
+        return self._extremum(dim, keepdim, largest=True)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
         """Smallest value; with an int ``dim``, ``(values, indices)`` as in PyTorch."""
-        return reduce_ops.extremum(self, dim, keepdim, largest=False)
+        return self._extremum(dim, keepdim, largest=False)
+
+    def _extremum(self, dim: int | None, keepdim: bool, largest: bool):
+        """``max``/``min``: the values gather at the argmax, so the gradient goes to the chosen element only."""
+        if dim is None:
+            return reduce_ops.Amax.apply(self, dim=None, keepdim=False, largest=largest)
+        if not isinstance(dim, int):
+            raise TypeError("max/min take an int dim (use amax/amin to reduce several dims)")
+        indices = self._arg_extremum(dim, keepdim=True, largest=largest)
+        values = reduce_ops.TakeAlongDim.apply(self, index=indices.data, dim=dim)
+        if not keepdim:
+            values, indices = values.squeeze(dim), indices.squeeze(dim)
+        return MaxResult(values, indices)
 
     def amax(self, dim=None, keepdim: bool = False):
         return reduce_ops.Amax.apply(self, dim=dim, keepdim=keepdim, largest=True)
@@ -498,10 +528,18 @@ class Tensor:
         return reduce_ops.Amax.apply(self, dim=dim, keepdim=keepdim, largest=False)
 
     def argmax(self, dim: int | None = None, keepdim: bool = False):
-        return reduce_ops.arg_extremum(self, dim, keepdim, largest=True)
+        return self._arg_extremum(dim, keepdim, largest=True)
 
     def argmin(self, dim: int | None = None, keepdim: bool = False):
-        return reduce_ops.arg_extremum(self, dim, keepdim, largest=False)
+        return self._arg_extremum(dim, keepdim, largest=False)
+
+    def _arg_extremum(self, dim: int | None, keepdim: bool, largest: bool) -> Tensor:
+        """Index of the largest/smallest value (the first one on ties); an int64 tensor outside the graph."""
+        xp = xp_of(self.data)
+        pick = xp.argmax if largest else xp.argmin
+        if dim is None:
+            return Tensor(xp.asarray(pick(self.data)))
+        return Tensor(pick(self.data, axis=dim, keepdims=keepdim))
 
     def var(self, dim=None, correction: int = 1, keepdim: bool = False):
         return reduce_ops.Var.apply(self, dim=dim, correction=correction, keepdim=keepdim)
@@ -557,13 +595,30 @@ class Tensor:
         return shape_ops.Contiguous.apply(self)
 
     def __getitem__(self, index):
-        return shape_ops.GetItem.apply(self, index=shape_ops.unwrap_index(index))
+        return shape_ops.GetItem.apply(self, index=_unwrap_index(index))
 
     def split(self, split_size_or_sections, dim: int = 0):
-        return shape_ops.split(self, split_size_or_sections, dim)
+        """Pieces of ``split_size`` along ``dim`` (the last may be smaller), or of the listed sizes (slices)."""
+        n = self.shape[dim]
+        if isinstance(split_size_or_sections, int):
+            step = split_size_or_sections
+            if step <= 0:
+                raise ValueError("split size must be positive")
+            sizes = [min(step, n - start) for start in range(0, n, step)]
+        else:
+            sizes = list(split_size_or_sections)
+            if sum(sizes) != n:
+                raise ValueError(f"split sizes {sizes} do not add up to {n} (dim {dim})")
+        pieces, start = [], 0
+        lead = (slice(None),) * (dim % self.ndim)
+        for size in sizes:
+            pieces.append(self[lead + (slice(start, start + size),)])
+            start += size
+        return tuple(pieces)
 
     def chunk(self, chunks: int, dim: int = 0):
-        return shape_ops.chunk(self, chunks, dim)
+        """Split into ``chunks`` pieces of equal size (the last may be smaller), as torch.chunk."""
+        return self.split(max(1, math.ceil(self.shape[dim] / chunks)), dim)
 
     def tril(self, diagonal: int = 0):
         return shape_ops.Triangle.apply(self, diagonal=diagonal, lower=True)
@@ -575,11 +630,25 @@ class Tensor:
         return self @ other
 
 
+register_tensor_class(Tensor)  # Function.apply wraps its results in this class
+
+
 def _shape_arg(args: tuple) -> tuple:
     """Accept both ``f(2, 3)`` and ``f((2, 3))``, as PyTorch does."""
     if len(args) == 1 and isinstance(args[0], Sequence):
         return tuple(args[0])
     return tuple(args)
+
+
+def _unwrap_index(index: Any) -> Any:
+    """Replace Tensors inside an index by their arrays, so NumPy indexing rules apply unchanged."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(_unwrap_index(i) for i in index)
+    if isinstance(index, list):
+        return [_unwrap_index(i) for i in index]
+    return index
 
 
 # Backward passes nest (activation checkpointing runs one inside another); callbacks queued
@@ -603,6 +672,21 @@ def queue_backward_callback(callback: Callable[[], None]) -> None:
 def backward_pass_id() -> int:
     """A number that changes with every outermost backward pass (hooks use it to see a new pass)."""
     return _backward_passes
+
+
+def _as_tuple(input_grads: Any) -> tuple[Any, ...]:
+    """A backward's result as a tuple (an op with one input may return its gradient bare)."""
+    return input_grads if isinstance(input_grads, tuple) else (input_grads,)
+
+
+def _backward_with_hooks(fn: Function, g: Any, hooks: tuple[FunctionHook, ...]) -> tuple[Any, ...]:
+    """``fn.backward(g)`` bracketed by the hooks' backward callbacks, in nested order (see FunctionHook)."""
+    for hook in hooks:
+        hook.backward_preprocess(fn, g)
+    input_grads = _as_tuple(fn.backward(g))
+    for hook in reversed(hooks):
+        hook.backward_postprocess(fn, g, input_grads)
+    return input_grads
 
 
 def _accumulate_grad(t: Tensor, g: Any, stored: set[int]) -> None:
@@ -723,10 +807,3 @@ def rand(*shape, dtype: Any = None, requires_grad: bool = False, device: str = "
     dtype = _float_dtype(dtype)
     array = backend.rng().random(_shape_arg(shape)).astype(dtype)
     return Tensor(backend.to_device(array, device), requires_grad=requires_grad)
-
-
-# The op modules build Tensors, so they are imported once Tensor exists.
-from nn.ops import elementwise  # noqa: E402
-from nn.ops import matmul as matmul_ops  # noqa: E402
-from nn.ops import reduce as reduce_ops  # noqa: E402
-from nn.ops import shape as shape_ops  # noqa: E402

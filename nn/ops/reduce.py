@@ -2,21 +2,19 @@
 
 Each takes ``dim`` (an int, a tuple, or None for all) and ``keepdim`` with
 PyTorch's meaning. The common backward step is to put the reduced axes back
-(as size 1) and broadcast the gradient over them.
+(as size 1) and broadcast the gradient over them. ``Tensor.max(dim)`` finds
+the argmax outside the graph and gathers the values with ``TakeAlongDim``.
 """
 
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 from typing import Any
 
 from nn.backend import quiet_float_errors, xp_of
 from nn.function import Function
 from nn.kernels.blocked import compute_dtype
 from nn.ops.util import keepdim_shape, normalize_dims
-
-MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
 
 class _Reduction(Function):
@@ -106,30 +104,6 @@ def _full_index(index: Any, dim: int) -> tuple:
     grids = list(xp.ix_(*[xp.arange(n) for n in index.shape]))
     grids[dim] = index
     return tuple(grids)
-
-
-def extremum(x, dim: int | None, keepdim: bool, largest: bool):
-    """``max``/``min``: a tensor for ``dim=None``, else ``(values, indices)`` as in PyTorch."""
-    if dim is None:
-        return Amax.apply(x, dim=None, keepdim=False, largest=largest)
-    if not isinstance(dim, int):
-        raise TypeError("max/min take an int dim (use amax/amin to reduce several dims)")
-    indices = arg_extremum(x, dim, keepdim=True, largest=largest)
-    values = TakeAlongDim.apply(x, index=indices.data, dim=dim)
-    if not keepdim:
-        values, indices = values.squeeze(dim), indices.squeeze(dim)
-    return MaxResult(values, indices)
-
-
-def arg_extremum(x, dim: int | None, keepdim: bool, largest: bool):
-    """Index of the largest/smallest value (first one on ties); an int64 tensor outside the graph."""
-    from nn.tensor import Tensor
-
-    xp = xp_of(x.data)
-    pick = xp.argmax if largest else xp.argmin
-    if dim is None:
-        return Tensor(xp.asarray(pick(x.data)))
-    return Tensor(pick(x.data, axis=dim, keepdims=keepdim))
 
 
 class Var(_Reduction):

@@ -2,12 +2,12 @@
 
 Their backward passes move the gradient back the same way: reshape undoes
 reshape, the inverse permutation undoes a permute, indexing scatters into
-zeros, concatenation splits.
+zeros, concatenation splits. (``split`` and ``chunk`` are slicing, in
+``Tensor``.)
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from nn.backend import xp_of
@@ -69,19 +69,6 @@ class Contiguous(Function):
         return g
 
 
-def unwrap_index(index: Any) -> Any:
-    """Replace Tensors inside an index by their arrays, so NumPy indexing rules apply unchanged."""
-    from nn.tensor import Tensor
-
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(unwrap_index(i) for i in index)
-    if isinstance(index, list):
-        return [unwrap_index(i) for i in index]
-    return index
-
-
 def _is_basic(index: Any) -> bool:
     """True if the index uses only ints, slices, None and Ellipsis (no element can be picked twice)."""
     parts = index if isinstance(index, tuple) else (index,)
@@ -130,6 +117,18 @@ class Cat(Function):
         return tuple(grads)
 
 
+class Stack(Function):
+    """Join arrays of one shape along a new dimension ``dim``; the backward takes each one's slice back."""
+
+    def forward(self, *xs, dim: int = 0):
+        (self.dim,) = normalize_dims(dim, xs[0].ndim + 1)
+        return xp_of(xs[0]).stack(xs, axis=self.dim)
+
+    def backward(self, g):
+        lead = (slice(None),) * self.dim
+        return tuple(g[lead + (i,)] if needs else None for i, needs in enumerate(self.needs_input_grad))
+
+
 class Triangle(Function):
     """Lower (tril) or upper (triu) triangle of the last two dims; zeros elsewhere, in value and gradient."""
 
@@ -159,30 +158,5 @@ def cat(tensors, dim: int = 0):
 
 
 def stack(tensors, dim: int = 0):
-    """Join tensors along a new dimension."""
-    return Cat.apply(*[t.unsqueeze(dim) for t in tensors], dim=dim)
-
-
-def split(x, split_size_or_sections, dim: int = 0):
-    """Pieces of ``split_size`` along ``dim`` (the last may be smaller), or of the listed sizes."""
-    n = x.shape[dim]
-    if isinstance(split_size_or_sections, int):
-        step = split_size_or_sections
-        if step <= 0:
-            raise ValueError("split size must be positive")
-        sizes = [min(step, n - start) for start in range(0, n, step)]
-    else:
-        sizes = list(split_size_or_sections)
-        if sum(sizes) != n:
-            raise ValueError(f"split sizes {sizes} do not add up to {n} (dim {dim})")
-    pieces, start = [], 0
-    lead = (slice(None),) * (dim % x.ndim)
-    for size in sizes:
-        pieces.append(x[lead + (slice(start, start + size),)])
-        start += size
-    return tuple(pieces)
-
-
-def chunk(x, chunks: int, dim: int = 0):
-    """Split into ``chunks`` pieces of equal size (the last may be smaller), as torch.chunk."""
-    return split(x, max(1, math.ceil(x.shape[dim] / chunks)), dim)
+    """Join tensors of one shape along a new dimension."""
+    return Stack.apply(*tensors, dim=dim)

@@ -67,3 +67,23 @@ def test_profile_is_off_outside_its_block():
         pass
     nn.randn(3, requires_grad=True).exp().sum().backward()
     assert p.rows() == []
+
+
+def test_two_profilers_can_run_at_once_each_counting_its_own_block():
+    x = nn.randn(8, requires_grad=True)
+    with nn.profile() as outer:
+        x.exp()
+        with nn.profile() as inner:
+            x.tanh()
+    assert isinstance(outer, nn.FunctionHook)
+    assert {r.name: r.calls for r in outer.rows()} == {"Exp": 1, "Tanh": 1}
+    assert {r.name: r.calls for r in inner.rows()} == {"Tanh": 1}
+
+
+def test_profile_counts_the_ops_a_checkpoint_recomputes_in_its_backward():
+    x = nn.randn(16, requires_grad=True)
+    with nn.profile() as p:
+        nn.checkpoint(lambda t: t.exp(), x).sum().backward()
+    stats = {r.name: r for r in p.rows()}
+    assert stats["Exp"].calls == 2  # once in the forward pass, once recomputed in backward
+    assert stats["Checkpoint"].backward_s >= stats["Exp"].backward_s  # the nested op's time is inside its parent's
