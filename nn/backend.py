@@ -46,7 +46,8 @@ def _cupy() -> ModuleType:
         import cupy
     except ImportError:
         raise RuntimeError(
-            "device 'cuda' needs CuPy and a CUDA GPU: pip install 'tinygrad-llm[gpu]'"
+            "device 'cuda' needs CuPy and a CUDA GPU: pip install 'cupy-cuda13x[ctk]' "
+            "(or, in a clone, pip install -e '.[gpu]')"
         ) from None
     try:
         cupy.cuda.runtime.getDeviceCount()

@@ -59,7 +59,7 @@ from nn.tensor import Tensor, backward_pass_id, queue_backward_callback
 __all__ = [
     "Communicator", "ParallelState", "init", "state", "launched", "abort", "DistributedDataParallel",
     "ColumnParallelLinear", "RowParallelLinear", "copy_to_tensor_parallel", "reduce_from_tensor_parallel",
-    "gather_from_tensor_parallel", "clip_grad_norm_", "shard", "unshard", "gather_parameter", "full_state_dict",
+    "gather_from_tensor_parallel", "shard", "unshard", "gather_parameter", "full_state_dict",
     "shard_state_dict", "full_optimizer_state", "shard_optimizer_state",
 ]
 
@@ -77,7 +77,7 @@ def _mpi() -> Any:
         from mpi4py import MPI
     except ImportError:
         raise RuntimeError("started by an MPI launcher, but mpi4py is missing: "
-                           "pip install 'tinygrad-llm[mpi]'") from None
+                           "pip install mpi4py mpich (or, in a clone, pip install -e '.[mpi]')") from None
     return MPI
 
 
@@ -262,6 +262,8 @@ def init(tensor_parallel: int = 1) -> ParallelState:
         local_rank = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
         if world.size > 1:
             sys.excepthook = _abort_on_uncaught
+            global _failure_comm
+            _failure_comm = MPI.COMM_WORLD.Dup()
     else:
         world, local_rank = Communicator(), 0
     if tensor_parallel < 1 or world.size % tensor_parallel:
@@ -275,6 +277,36 @@ def init(tensor_parallel: int = 1) -> ParallelState:
 def state() -> ParallelState:
     """The current layout (``init()`` with no tensor parallelism if nothing set one up yet)."""
     return _state if _state is not None else init()
+
+
+_failure_comm: Any = None
+"""A private copy of the world communicator on which processes agree that they all failed (see :func:`fail`)."""
+
+
+def fail(message: str, status: int = 2, wait: float = 3.0) -> None:
+    """Report an error that ends the job: one line for the whole job when every process hit it.
+
+    A user's mistake (a bad option, a missing file, a corrupt checkpoint) is
+    usually met by every process at once, since they all run the same command.
+    Then they meet here within ``wait`` seconds (a non-blocking barrier on a
+    communicator nothing else uses, so it cannot be confused with a training
+    collective): process 0 alone prints ``message`` and every process returns,
+    so the job exits with ``status`` and one line, without MPI_Abort's own
+    messages. If the others do not come (they are waiting for this process in a
+    collective), it falls back to :func:`abort`, which ends them all.
+    """
+    world = state().world
+    if world.size == 1 or _failure_comm is None:
+        print(message, file=sys.stderr, flush=True)
+        return
+    request = _failure_comm.Ibarrier()
+    deadline = time.monotonic() + wait
+    while not request.Test():
+        if time.monotonic() > deadline:
+            abort(message, status)
+        time.sleep(0.005)
+    if world.rank == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def abort(message: str, status: int = 1) -> None:
@@ -559,7 +591,7 @@ def unshard(slices: Sequence[Any], dim: int, sections: Sequence[int]) -> Any:
 
 
 def _mark(p: Parameter, dim: int, sections: Sequence[int]) -> Parameter:
-    p.tensor_parallel = (dim, tuple(sections))  # how to put the full tensor back together
+    p.tensor_parallel = (dim, tuple(sections))  # how to put the full tensor back; optim.clip_grad_norm_ reads it too
     return p
 
 
@@ -657,23 +689,6 @@ class RowParallelLinear(Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features} ({self.weight.shape[1]} on this process), "
                 f"out_features={self.out_features}, tensor_parallel={self.comm.size}")
-
-
-def clip_grad_norm_(parameters: Sequence[Tensor], max_norm: float, comm: Communicator | None = None,
-                    eps: float = 1e-6) -> float:
-    """:func:`nn.optim.clip_grad_norm_` for a tensor-parallel model: the norm of the full gradient.
-
-    Split parameters contribute the sum of their slices' squares over ``comm``;
-    parameters every process holds whole count once, not once per process.
-    """
-    comm = comm if comm is not None else state().tensor
-    params = [p for p in parameters if p.grad is not None]
-    split = [p for p in params if getattr(p, "tensor_parallel", None) is not None]
-    whole = [p for p in params if getattr(p, "tensor_parallel", None) is None]
-    squares = np.array([sum(optim.sum_of_squares(p.grad.data) for p in split)])
-    comm.all_reduce(squares, op="sum")
-    total = float(squares[0]) + sum(optim.sum_of_squares(p.grad.data) for p in whole)
-    return optim.scale_to_norm([p.grad.data for p in params], total ** 0.5, max_norm, eps)
 
 
 # ---------------------------------------------------------------- whole-model checkpoints of a split model

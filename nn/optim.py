@@ -2,7 +2,7 @@
 
     opt = nn.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     loss.backward()
-    nn.optim.clip_grad_norm_(model.parameters(), 1.0)
+    nn.optim.clip_grad_norm_(model.parameters(), 1.0)   # comm=group: the norm over a tensor-parallel group
     opt.step()
     opt.zero_grad()
 
@@ -13,23 +13,26 @@ array keeps seeing the update). Hyperparameters live in ``param_groups``, a
 list of dicts, so different parameters can have different learning rates or
 weight decay, and a schedule changes ``group["lr"]`` between steps.
 
-The schedules are plain functions ``step -> lr``; the training loop calls one
-and hands the result to :func:`set_lr`.
+:func:`learning_rate` is the schedule: a plain function of how far the run
+has got; the training loop calls it before each step and hands the result to
+:func:`set_lr`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-from nn.backend import quiet_float_errors, to_device, xp_of
+import numpy as np
+
+from nn.backend import to_device, xp_of
+from nn.kernels.adamw import adamw_step, scale_, sum_of_squares
 from nn.tensor import Tensor
 
 __all__ = [
     "Optimizer", "SGD", "AdamW", "clip_grad_norm_", "set_lr", "param_groups_for_weight_decay",
-    "cosine_schedule", "constant_schedule", "wsd_schedule", "make_schedule",
+    "learning_rate", "SCHEDULES",
 ]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -214,8 +217,9 @@ class AdamW(Optimizer):
 
     ``eps`` is added after the square root of the bias-corrected v, as in PyTorch.
     State (``"step"``, ``"exp_avg"``, ``"exp_avg_sq"``) has the parameter's dtype,
-    so float32 parameters keep float32 moments. The update runs in place; its
-    only temporary is one scratch array the size of the parameter.
+    so float32 parameters keep float32 moments. The update is
+    :func:`nn.kernels.adamw.adamw_step`, in place: a CUDA kernel for float32
+    CuPy arrays, otherwise NumPy (or CuPy) code in cache-sized blocks.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -234,61 +238,56 @@ class AdamW(Optimizer):
         xp = xp_of(param)
         if not state:
             state.update(step=0, exp_avg=xp.zeros_like(param), exp_avg_sq=xp.zeros_like(param))
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         state["step"] += 1
-        step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-
-        param *= 1 - lr * group["weight_decay"]
-        scratch = xp.multiply(grad, 1 - beta1)
-        m *= beta1
-        m += scratch
-        xp.multiply(grad, grad, out=scratch)
-        scratch *= 1 - beta2
-        v *= beta2
-        v += scratch
-        denominator = xp.sqrt(v, out=scratch)
-        denominator /= math.sqrt(1 - beta2**step)
-        denominator += eps
-        update = xp.divide(m, denominator, out=scratch)
-        update *= lr / (1 - beta1**step)
-        param -= update
+        beta1, beta2 = group["betas"]
+        adamw_step(param, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr=group["lr"], beta1=beta1,
+                   beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
 
 
-def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, eps: float = 1e-6) -> float:
+class SupportsAllReduce(Protocol):
+    """A process group as :func:`clip_grad_norm_` needs it (``nn.distributed.Communicator`` is one)."""
+
+    def all_reduce(self, array: Any, op: str = "sum") -> Any:
+        """Replace ``array`` on every process of the group by the elementwise ``op`` over all of them."""
+
+
+def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, comm: SupportsAllReduce | None = None,
+                    eps: float = 1e-6) -> float:
     """Scale all gradients together so that their joint L2 norm is at most ``max_norm``; return the norm before.
 
     As ``torch.nn.utils.clip_grad_norm_``: the norm is taken over all gradients
     as one vector; the scale ``max_norm / (norm + eps)`` is applied only when it
     is below 1. A non-finite norm is returned as it is and still scales the
     gradients (to nan, or to 0 for an infinite norm), as torch does by default:
-    the caller sees the bad step instead of silently training on it. Squares
-    are summed in float64, so the norm of many float32 gradients does not drift.
+    the caller sees the bad step instead of silently training on it.
+    ``max_norm=math.inf`` only measures: the gradients are left untouched.
+    Squares are summed in float64, so the norm of many float32 gradients does
+    not drift.
+
+    With ``comm``, a tensor-parallel group (an ``nn.distributed.Communicator``,
+    or anything with its ``all_reduce``), the norm is that of the whole
+    model's gradient. A parameter split across the group (one that carries a
+    ``tensor_parallel`` attribute, as ``nn.distributed`` marks its slices)
+    contributes the sum of its slices' squares over the group; a parameter
+    that every process holds whole counts once, not once per process. Every
+    process of the group must call it, even one without gradients.
     """
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-    grads = [p.grad.data for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    return scale_to_norm(grads, math.sqrt(sum(sum_of_squares(g) for g in grads)), max_norm, eps)
-
-
-def scale_to_norm(grads: list[Any], total_norm: float, max_norm: float, eps: float = 1e-6) -> float:
-    """Scale ``grads`` (arrays, in place) by ``max_norm / (total_norm + eps)`` if that is below 1; return the norm.
-
-    The second half of clipping, shared by :func:`clip_grad_norm_` and its
-    tensor-parallel version, which only differ in how they find the norm.
-    """
+    params = [p for p in params if p.grad is not None]
+    split = [p for p in params if getattr(p, "tensor_parallel", None) is not None]
+    whole = [p for p in params if getattr(p, "tensor_parallel", None) is None]
+    split_squares = sum(sum_of_squares(p.grad.data) for p in split)
+    whole_squares = sum(sum_of_squares(p.grad.data) for p in whole)
+    if comm is not None:
+        split_squares = float(comm.all_reduce(np.array([split_squares], dtype=np.float64), op="sum")[0])
+    total_norm = math.sqrt(split_squares + whole_squares)
+    if max_norm == math.inf:
+        return total_norm
     clip_coef = max_norm / (total_norm + eps)
     if clip_coef < 1 or math.isnan(clip_coef):
-        for g in grads:
-            with quiet_float_errors(xp_of(g)):  # inf * 0 = nan is the intended outcome here
-                g *= clip_coef
+        for p in params:
+            scale_(p.grad.data, clip_coef)
     return total_norm
-
-
-def sum_of_squares(array: Any) -> float:
-    """sum(array ** 2) accumulated in float64."""
-    flat = array.reshape(-1).astype(xp_of(array).float64, copy=False)
-    return float(flat @ flat)
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:
@@ -313,74 +312,41 @@ def param_groups_for_weight_decay(named_parameters: Iterable[tuple[str, Tensor]]
 
 
 # ---------------------------------------------------------------- learning-rate schedules
-# Each maps the optimizer step (0, 1, 2, ...) to the learning rate to use for that step.
-# Warmup is linear and starts above zero: lr = max_lr * (step + 1) / warmup_steps, so the
-# first step already moves the weights and step warmup_steps - 1 reaches max_lr
-# (the convention of Karpathy's GPT-2 reproduction).
+SCHEDULES = ("cosine", "constant", "wsd")
+
+WARMUP_FRACTION = 0.1
+"""Warmup ends at the latest when this fraction of the run is done."""
+
+WSD_DECAY_FRACTION = 0.2
+"""Warmup-stable-decay: the learning rate falls over the last fifth of the run."""
 
 
-def _warmup(step: int, max_lr: float, warmup_steps: int) -> float:
-    return max_lr * (step + 1) / warmup_steps
+def learning_rate(schedule: str, progress: float, steps_done: int, *, max_lr: float, min_lr: float = 0.0,
+                  warmup_steps: int = 0) -> float:
+    """The learning rate of the step taken at ``progress`` through the run (0 first, 1 last), after ``steps_done``.
 
+    A schedule reads how far the run has got, not a step count, so the same
+    shape fits a run planned in steps (progress = step / (steps - 1)) and one
+    planned in wall-clock time (progress = seconds spent / seconds available),
+    which may fit fewer steps than it first looked like.
 
-def constant_schedule(step: int, *, max_lr: float, warmup_steps: int = 0) -> float:
-    """Linear warmup, then ``max_lr`` for ever."""
-    return _warmup(step, max_lr, warmup_steps) if step < warmup_steps else max_lr
-
-
-def cosine_schedule(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
-    """Linear warmup, then half a cosine from ``max_lr`` (at ``warmup_steps``) down to ``min_lr`` (at ``total_steps``).
-
-    After ``total_steps`` the rate stays at ``min_lr``.
+    Linear warmup multiplies the shape: ``max_lr * (steps_done + 1) / warmup_steps``
+    (so the first step already moves the weights, Karpathy's GPT-2 convention),
+    ending at ``warmup_steps`` steps or a tenth of the run, whichever comes
+    first. The shapes: ``constant`` holds ``max_lr``; ``cosine`` falls as half
+    a cosine from ``max_lr`` to ``min_lr``; ``wsd`` (warmup-stable-decay, Hu et
+    al. 2024) holds ``max_lr`` and falls linearly to ``min_lr`` over the last
+    fifth.
     """
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need 0 <= warmup_steps <= total_steps, got {warmup_steps} and {total_steps}")
-    if step < warmup_steps:
-        return _warmup(step, max_lr, warmup_steps)
-    if step >= total_steps:
-        return min_lr
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
-
-
-def wsd_schedule(step: int, *, max_lr: float, warmup_steps: int, total_steps: int, decay_steps: int,
-                 min_lr: float = 0.0) -> float:
-    """Warmup-stable-decay: linear warmup, ``max_lr`` held, then a linear fall to ``min_lr`` at ``total_steps``.
-
-    The decay occupies the last ``decay_steps`` steps (from ``total_steps - decay_steps``);
-    after ``total_steps`` the rate stays at ``min_lr``. Because the stable phase is
-    flat, a run can be extended by moving the decay, without restarting.
-    """
-    if not 0 <= warmup_steps <= total_steps - decay_steps or decay_steps < 0:
-        raise ValueError(f"need 0 <= warmup_steps <= total_steps - decay_steps and decay_steps >= 0, "
-                         f"got warmup_steps={warmup_steps}, decay_steps={decay_steps}, total_steps={total_steps}")
-    decay_start = total_steps - decay_steps
-    if step < warmup_steps:
-        return _warmup(step, max_lr, warmup_steps)
-    if step < decay_start:
-        return max_lr
-    if step >= total_steps:
-        return min_lr
-    return max_lr + (min_lr - max_lr) * (step - decay_start) / decay_steps
-
-
-SCHEDULES: dict[str, Callable[..., float]] = {
-    "cosine": cosine_schedule, "constant": constant_schedule, "wsd": wsd_schedule,
-}
-
-
-def make_schedule(name: str, **kwargs: Any) -> Callable[[int], float]:
-    """The schedule ``name`` with its keyword arguments bound: ``make_schedule("cosine", max_lr=...)(step)``.
-
-    Unknown names raise ValueError listing the valid ones; missing or unknown
-    keyword arguments raise TypeError now rather than at the first step.
-    """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid names: {', '.join(SCHEDULES)}")
-    schedule = SCHEDULES[name]
-    inspect.signature(schedule).bind(0, **kwargs)
-
-    def lr_at(step: int) -> float:
-        return schedule(step, **kwargs)
-
-    return lr_at
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        shape = max_lr
+    elif schedule == "cosine":
+        shape = min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi * p)) / 2
+    elif schedule == "wsd":
+        decay = max(0.0, p - (1 - WSD_DECAY_FRACTION)) / WSD_DECAY_FRACTION
+        shape = max_lr - (max_lr - min_lr) * decay
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; valid names: {', '.join(SCHEDULES)}")
+    warm = 1.0 if warmup_steps <= 0 else min(1.0, max((steps_done + 1) / warmup_steps, p / WARMUP_FRACTION))
+    return warm * shape

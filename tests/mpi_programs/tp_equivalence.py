@@ -78,7 +78,7 @@ def block_and_model(tp: int, variant: str) -> None:
     compare(gathered_grads(split, parallel.tensor), {n: p.grad.numpy() for n, p in dense.named_parameters()},
             f"{variant} GPT grads")
     norm_d = optim.clip_grad_norm_(dense.parameters(), 0.5)
-    norm_s = distributed.clip_grad_norm_(split.parameters(), 0.5, parallel.tensor)
+    norm_s = optim.clip_grad_norm_(split.parameters(), 0.5, comm=parallel.tensor)
     check(abs(norm_d - norm_s) < 1e-10 * norm_d, f"{variant}: grad norm {norm_s} vs dense {norm_d}")
     compare(gathered_grads(split, parallel.tensor), {n: p.grad.numpy() for n, p in dense.named_parameters()},
             f"{variant} clipped grads")
@@ -97,7 +97,7 @@ def training(tp: int, micro_steps: int = 2, rows: int = 2) -> None:
         x, y = batch(micro_steps * n * rows, config, seed=10 + step)
         reference_step(reference, ref_opt, x, y)
         data_parallel_backward(ddp, x, y, micro_steps, r, n, rows)
-        distributed.clip_grad_norm_(model.parameters(), 1.0, parallel.tensor)
+        optim.clip_grad_norm_(model.parameters(), 1.0, comm=parallel.tensor)
         opt.step()
         opt.zero_grad()
         ours = {name: distributed.gather_parameter(p.data, p, parallel.tensor) for name, p in model.named_parameters()}

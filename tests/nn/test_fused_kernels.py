@@ -216,10 +216,31 @@ def test_adamw_float16_gradients_update_float32_master_weights():
     np.testing.assert_allclose(param, want_p[0], rtol=1e-5, atol=1e-6)
 
 
-def test_adamw_needs_contiguous_state():
-    param = np.zeros((4, 6), dtype=np.float32)[:, ::2]
-    with pytest.raises(ValueError, match="contiguous"):
-        adamw.adamw_step(param, np.ones_like(param), np.zeros_like(param), np.zeros_like(param), 1, **HYPER)
+def test_adamw_squares_float16_gradients_in_the_parameters_dtype():
+    """g^2 of a float16 gradient of 1000 overflows float16 (max 65504); in float32 it is fine."""
+    grad = np.full(5, 1000.0, dtype=np.float16)
+    param, m, v = np.ones(5, dtype=np.float32), np.zeros(5, dtype=np.float32), np.zeros(5, dtype=np.float32)
+    adamw.adamw_step(param, grad, m, v, 1, **HYPER)
+    want_p, _, want_v = _torch_adamw([np.ones(5, dtype=np.float32)], [[grad.astype(np.float32)]])
+    np.testing.assert_allclose(v, want_v[0], rtol=1e-6)
+    np.testing.assert_allclose(param, want_p[0], rtol=1e-6)
+
+
+def test_adamw_on_strided_views_updates_them_in_place_like_contiguous_arrays():
+    """A parameter may be a strided view (a column slice, a transpose): it is updated where it lives."""
+    rng = np.random.default_rng(3)
+    storage = rng.standard_normal((3, 4, 6))
+    storage[1:] **= 2  # moments: v must be positive
+    param, m, v = storage[0, :, ::2], storage[1, :, ::2], storage[2, :, ::2]  # three strided views
+    grad = rng.standard_normal((3, 4)).T  # a transposed gradient
+    start = param.copy()
+    want = [a.copy() for a in (param, m, v)]  # C-contiguous copies
+    for step in (1, 2):
+        adamw.adamw_step(param, grad, m, v, step, grad_scale=0.5, **HYPER)
+        adamw.adamw_step(*want[:1], np.ascontiguousarray(grad), *want[1:], step, grad_scale=0.5, **HYPER)
+    assert not np.allclose(want[0], start)
+    for got, expected in zip((storage[0, :, ::2], storage[1, :, ::2], storage[2, :, ::2]), want, strict=True):
+        np.testing.assert_array_equal(got, expected)  # written through the views, into the storage
 
 
 def test_sum_of_squares_and_scale_give_torch_clipping():

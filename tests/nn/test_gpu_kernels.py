@@ -14,6 +14,11 @@ import numpy as np
 import pytest
 
 from nn.kernels import adamw, attention, cross_entropy, cuda, gelu, norm
+from nn.module import Parameter
+from nn.optim import AdamW, clip_grad_norm_
+from nn.tensor import Tensor
+
+real_adamw_step = cuda.adamw_step
 
 try:
     import cupy as cp
@@ -196,6 +201,34 @@ def test_adamw_step(grad_dtype):
         adamw.adamw_step(*state[:1], grad_ref.astype(np.float32), *state[1:], step, grad_scale=0.5, **HYPER)
     for got, want in zip(gpu_state, state, strict=True):
         np.testing.assert_allclose(cp.asnumpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float32: the CUDA kernel; float64: the CuPy array code
+def test_the_adamw_optimizer_on_the_gpu_matches_the_cpu(dtype, monkeypatch):
+    launches = []
+    monkeypatch.setattr(cuda, "adamw_step", lambda *a, **k: launches.append(1) or real_adamw_step(*a, **k))
+    start = rng(7).standard_normal((64, 33)).astype(dtype)
+    on_cpu, on_gpu = Parameter(start.copy()), Parameter(cp.asarray(start))
+    optimizers = AdamW([on_cpu], lr=1e-2, weight_decay=0.1), AdamW([on_gpu], lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        g = rng(8 + step).standard_normal(start.shape).astype(dtype)
+        on_cpu.grad, on_gpu.grad = Tensor(g), Tensor(cp.asarray(g))
+        for optimizer in optimizers:
+            optimizer.step()
+    assert len(launches) == (3 if dtype == np.float32 else 0)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(cp.asnumpy(on_gpu.data), on_cpu.numpy(), **tol)
+
+
+def test_clip_grad_norm_on_the_gpu_matches_the_cpu():
+    grads = [rng(9).standard_normal(s).astype(np.float32) for s in [(300, 7), (7,)]]
+    on_cpu = [Parameter(np.zeros_like(g)) for g in grads]
+    on_gpu = [Parameter(cp.zeros(g.shape, dtype=cp.float32)) for g in grads]
+    for p, q, g in zip(on_cpu, on_gpu, grads, strict=True):
+        p.grad, q.grad = Tensor(g.copy()), Tensor(cp.asarray(g))
+    assert clip_grad_norm_(on_gpu, 0.5) == pytest.approx(clip_grad_norm_(on_cpu, 0.5), rel=1e-9)
+    for p, q in zip(on_cpu, on_gpu, strict=True):
+        np.testing.assert_allclose(cp.asnumpy(q.grad.data), p.grad.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

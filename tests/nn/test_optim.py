@@ -10,17 +10,15 @@ import pytest
 import torch
 
 import nn
+from nn.kernels.adamw import adamw_step
 from nn.module import Parameter
 from nn.optim import (
     SGD,
     AdamW,
     clip_grad_norm_,
-    constant_schedule,
-    cosine_schedule,
-    make_schedule,
+    learning_rate,
     param_groups_for_weight_decay,
     set_lr,
-    wsd_schedule,
 )
 
 SHAPES = {"w": (4, 3), "v": (2, 2, 2), "b": (3,), "frozen": (5,)}  # "frozen" never gets a gradient
@@ -156,6 +154,34 @@ def test_step_updates_in_place_and_zero_grad_forgets():
     assert p.grad is None
 
 
+def test_adamw_step_is_the_kernel_modules_update():
+    """One AdamW update in the engine: the optimizer's step is nn.kernels.adamw.adamw_step, bit for bit."""
+    rng = np.random.default_rng(4)
+    start, grads = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((3, 5, 7)).astype(np.float32)
+    p = Parameter(start.copy())
+    opt = AdamW([p], lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
+    param, m, v = start.copy(), np.zeros_like(start), np.zeros_like(start)
+    for step, g in enumerate(grads, start=1):
+        p.grad = nn.tensor(g)
+        opt.step()
+        adamw_step(param, g, m, v, step, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05)
+    np.testing.assert_array_equal(p.numpy(), param)
+    np.testing.assert_array_equal(opt.state[p]["exp_avg_sq"], v)
+
+
+def test_adamw_updates_a_strided_parameter_where_it_lives():
+    storage = np.arange(24, dtype=np.float64).reshape(4, 6) / 10
+    p, q = Parameter(storage[:, ::2].T), Parameter(np.ascontiguousarray(storage[:, ::2].T))  # (3, 4): a view, a copy
+    ours, theirs = AdamW([p], lr=0.1), AdamW([q], lr=0.1)
+    for _ in range(3):
+        for t, opt in ((p, ours), (q, theirs)):
+            opt.zero_grad()
+            (t * t).sum().backward()
+            opt.step()
+    np.testing.assert_array_equal(storage[:, ::2].T, q.numpy())  # the view wrote through to its storage
+    assert not np.allclose(q.numpy(), np.arange(24).reshape(4, 6)[:, ::2].T / 10)
+
+
 def test_constructor_errors():
     p = Parameter(np.ones(3))
     with pytest.raises(ValueError, match="empty parameter list"):
@@ -208,48 +234,80 @@ def test_clip_grad_norm_of_no_gradients_is_zero():
     assert clip_grad_norm_([Parameter(np.ones(2))], 1.0) == 0.0
 
 
+@pytest.mark.parametrize("bad", [None, math.inf, math.nan])
+def test_clip_grad_norm_with_an_infinite_bound_only_measures(bad):
+    g = np.array([3.0, 4.0, 0.0 if bad is None else bad])
+    p = Parameter(np.zeros(3))
+    p.grad = nn.tensor(g.copy())
+    norm = clip_grad_norm_([p], math.inf)
+    np.testing.assert_array_equal(norm, 5.0 if bad is None else bad)
+    np.testing.assert_array_equal(p.grad.numpy(), g)  # untouched, even where torch would scale by nan
+
+
+class TwinGroup:
+    """A two-process tensor-parallel group in one process: the other member's slices have the same squares,
+    so ``all_reduce(op="sum")`` doubles. It records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, str]] = []
+
+    def all_reduce(self, array, op: str = "sum"):
+        self.calls.append((array.copy(), op))
+        array *= 2
+        return array
+
+
+def test_clip_grad_norm_over_a_group_sums_split_parameters_and_counts_whole_ones_once():
+    rng = np.random.default_rng(5)
+    split_grad, whole_grad = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    split, whole = Parameter(np.zeros((4, 3))), Parameter(np.zeros(3))
+    split.tensor_parallel = (0, (8,))  # this process's half of an (8, 3) weight, as nn.distributed marks it
+    split.grad, whole.grad = nn.tensor(split_grad.copy()), nn.tensor(whole_grad.copy())
+    group = TwinGroup()
+
+    norm = clip_grad_norm_([split, whole], math.inf, comm=group)
+    expected = math.sqrt(2 * np.sum(split_grad**2) + np.sum(whole_grad**2))
+    assert norm == pytest.approx(expected, rel=1e-12)
+    (sent, op), = group.calls  # one all-reduce, of the split parameters' squares only, in float64
+    assert op == "sum" and sent.dtype == np.float64 and sent[0] == pytest.approx(np.sum(split_grad**2), rel=1e-12)
+
+    assert clip_grad_norm_([split, whole], 1.0, comm=group) == pytest.approx(expected, rel=1e-12)
+    scale = 1.0 / (expected + 1e-6)  # both kinds scaled by the one global factor
+    np.testing.assert_allclose(split.grad.numpy(), split_grad * scale, rtol=1e-12)
+    np.testing.assert_allclose(whole.grad.numpy(), whole_grad * scale, rtol=1e-12)
+
+
+def test_clip_grad_norm_joins_the_group_even_without_gradients():
+    group = TwinGroup()
+    assert clip_grad_norm_([Parameter(np.ones(2))], 1.0, comm=group) == 0.0
+    assert len(group.calls) == 1  # the other processes wait for this all-reduce
+
+
 # ---------------------------------------------------------------- schedules
-def test_cosine_schedule_at_chosen_steps():
-    kw = {"max_lr": 1.0, "warmup_steps": 10, "total_steps": 110, "min_lr": 0.1}
-    assert cosine_schedule(0, **kw) == pytest.approx(0.1)  # (0 + 1) / 10 of max_lr: the first step moves
-    assert cosine_schedule(4, **kw) == pytest.approx(0.5)
-    assert cosine_schedule(9, **kw) == pytest.approx(1.0)  # warmup ends at max_lr ...
-    assert cosine_schedule(10, **kw) == pytest.approx(1.0)  # ... where the cosine starts
-    assert cosine_schedule(35, **kw) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2)
-    assert cosine_schedule(60, **kw) == pytest.approx(0.55)  # half way down
-    assert cosine_schedule(110, **kw) == pytest.approx(0.1)
-    assert cosine_schedule(10_000, **kw) == pytest.approx(0.1)
-    decay = [cosine_schedule(s, **kw) for s in range(10, 111)]
+def test_cosine_falls_from_max_to_min_over_the_run():
+    lr = [learning_rate("cosine", p, 1000, max_lr=1.0, min_lr=0.1, warmup_steps=10) for p in (0, 0.25, 0.5, 1)]
+    assert lr == pytest.approx([1.0, 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2, 0.55, 0.1])
+    decay = [learning_rate("cosine", p / 100, 1000, max_lr=1.0, min_lr=0.1) for p in range(101)]
     assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+    assert learning_rate("cosine", 7.0, 1000, max_lr=1.0, min_lr=0.1) == pytest.approx(0.1)  # progress is clamped
 
 
-def test_constant_schedule_at_chosen_steps():
-    assert constant_schedule(0, max_lr=2.0, warmup_steps=4) == pytest.approx(0.5)
-    assert constant_schedule(3, max_lr=2.0, warmup_steps=4) == pytest.approx(2.0)
-    assert constant_schedule(500, max_lr=2.0, warmup_steps=4) == pytest.approx(2.0)
-    assert constant_schedule(0, max_lr=2.0) == 2.0
+def test_warmup_is_linear_in_steps_and_ends_at_a_tenth_of_the_run():
+    assert learning_rate("constant", 0.0, 0, max_lr=2.0, warmup_steps=4) == pytest.approx(0.5)  # the first step moves
+    assert learning_rate("constant", 0.0, 3, max_lr=2.0, warmup_steps=4) == pytest.approx(2.0)
+    assert learning_rate("constant", 0.05, 0, max_lr=2.0, warmup_steps=100) == pytest.approx(1.0)  # half the tenth
+    assert learning_rate("constant", 0.1, 0, max_lr=2.0, warmup_steps=100) == pytest.approx(2.0)
+    assert learning_rate("constant", 0.0, 0, max_lr=2.0) == 2.0  # no warmup
 
 
-def test_wsd_schedule_at_chosen_steps():
-    kw = {"max_lr": 1.0, "warmup_steps": 10, "total_steps": 100, "decay_steps": 20, "min_lr": 0.2}
-    assert wsd_schedule(4, **kw) == pytest.approx(0.5)
-    assert wsd_schedule(10, **kw) == pytest.approx(1.0)  # stable phase
-    assert wsd_schedule(80, **kw) == pytest.approx(1.0)  # the decay starts here ...
-    assert wsd_schedule(90, **kw) == pytest.approx(0.6)  # ... falls linearly ...
-    assert wsd_schedule(100, **kw) == pytest.approx(0.2)  # ... and ends at min_lr
-    assert wsd_schedule(1000, **kw) == pytest.approx(0.2)
-    with pytest.raises(ValueError, match="decay_steps"):
-        wsd_schedule(0, **{**kw, "decay_steps": 95})
+def test_wsd_holds_then_falls_over_the_last_fifth():
+    lr = [learning_rate("wsd", p, 1000, max_lr=1.0, min_lr=0.2, warmup_steps=1) for p in (0.5, 0.8, 0.9, 1.0)]
+    assert lr == pytest.approx([1.0, 1.0, 0.6, 0.2])
 
 
-def test_make_schedule_binds_arguments_and_rejects_unknown_names():
-    kw = {"max_lr": 3e-4, "warmup_steps": 5, "total_steps": 50, "min_lr": 3e-5}
-    schedule = make_schedule("cosine", **kw)
-    assert [schedule(s) for s in range(60)] == [cosine_schedule(s, **kw) for s in range(60)]
+def test_an_unknown_schedule_names_the_valid_ones():
     with pytest.raises(ValueError, match="cosine, constant, wsd"):
-        make_schedule("linear", max_lr=1.0)
-    with pytest.raises(TypeError):
-        make_schedule("wsd", max_lr=1.0, warmup_steps=2)  # total_steps and decay_steps missing
+        learning_rate("linear", 0.5, 0, max_lr=1.0)
 
 
 def test_set_lr_sets_every_group():
