@@ -18,7 +18,7 @@ test: lint
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check nn tokenizer tinygrad_llm tests benchmarks examples
+	$(BIN)/ruff check nn tokenizer tinygrad_llm util tests benchmarks examples
 
 train: $(STAMP)
 	@test -f examples/train_gpt.py || { echo "make train: the main job (examples/train_gpt.py) is not built yet (issue 5)" >&2; exit 2; }

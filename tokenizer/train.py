@@ -28,15 +28,13 @@ gives the same vocabulary.
 from __future__ import annotations
 
 import heapq
-import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
-from typing import TextIO
 
 import regex
 
 from tokenizer.patterns import compile_pattern, replace_lone_surrogates
+from util.progress import Progress
 
 
 def special_token_regex(special_tokens: Collection[str]) -> regex.Pattern | None:
@@ -69,43 +67,6 @@ def count_chunks(texts: Iterable[str], pattern: str, special_tokens: Collection[
     return counts
 
 
-class Progress:
-    """A one-line progress report on a stream: done/total, rate and ETA.
-
-    Redraws at most every ``interval`` seconds with a carriage return, so it costs
-    nothing measurable.  With ``enabled=False`` it prints nothing.
-    """
-
-    def __init__(self, total: int, label: str, enabled: bool, stream: TextIO | None = None,
-                 interval: float = 0.5) -> None:
-        self.total, self.label, self.enabled = total, label, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.interval = interval
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        """Redraw the line if ``interval`` seconds have passed since the last redraw."""
-        now = time.perf_counter()
-        if self.enabled and now - self.last >= self.interval:
-            self.last = now
-            self._draw(done, now)
-
-    def close(self, done: int) -> None:
-        """Draw the final state and end the line."""
-        if self.enabled:
-            self._draw(done, time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self, done: int, now: float) -> None:
-        elapsed = max(now - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        self.stream.write(f"\r{self.label}: {done}/{self.total} {rate:,.0f}/s "
-                          f"elapsed {elapsed:.1f}s ETA {eta:.1f}s   ")
-        self.stream.flush()
-
-
 def learn_merges(chunk_counts: Mapping[str, int], num_tokens: int,
                  progress: bool = False) -> list[bytes]:
     """Learn BPE tokens from chunk counts; return the vocabulary as bytes, in id order.
@@ -117,6 +78,8 @@ def learn_merges(chunk_counts: Mapping[str, int], num_tokens: int,
     A pair whose concatenated bytes are already a token (``"ab"+"c"`` after
     ``"a"+"bc"`` made ``"abc"``) is merged into that existing token instead of a new
     one, so no two tokens ever have the same bytes.
+
+    ``progress`` shows a progress line on stderr, counting the tokens made.
     """
     if num_tokens < 256:
         raise ValueError(f"a byte-level vocabulary needs at least 256 tokens, got {num_tokens}")
@@ -143,23 +106,22 @@ def learn_merges(chunk_counts: Mapping[str, int], num_tokens: int,
 
     vocab = [bytes([i]) for i in range(256)]
     index = {token: i for i, token in enumerate(vocab)}
-    bar = Progress(num_tokens - 256, "training BPE merges", progress)
-    while len(vocab) < num_tokens and heap:
-        neg_count, a, b = heapq.heappop(heap)
-        count = pair_counts.get((a, b), 0)
-        if count != -neg_count:
-            if 0 < count < -neg_count:
-                heapq.heappush(heap, (-count, a, b))
-            continue
-        token = vocab[a] + vocab[b]
-        new = index.get(token)
-        if new is None:
-            new = len(vocab)
-            vocab.append(token)
-            index[token] = new
-        _apply_merge(a, b, new, words, freqs, pair_counts, where, heap)
-        bar.update(len(vocab) - 256)
-    bar.close(len(vocab) - 256)
+    with Progress(num_tokens - 256, unit="tok", desc="training BPE merges", enabled=progress) as bar:
+        while len(vocab) < num_tokens and heap:
+            neg_count, a, b = heapq.heappop(heap)
+            count = pair_counts.get((a, b), 0)
+            if count != -neg_count:
+                if 0 < count < -neg_count:
+                    heapq.heappush(heap, (-count, a, b))
+                continue
+            token = vocab[a] + vocab[b]
+            new = index.get(token)
+            if new is None:
+                new = len(vocab)
+                vocab.append(token)
+                index[token] = new
+                bar.update()
+            _apply_merge(a, b, new, words, freqs, pair_counts, where, heap)
     return vocab
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
-from tinygrad_llm.data.sources import VALIDATION_PERCENT, StdlibCorpus, is_validation, stdlib_files
+from tinygrad_llm.data.sources import VALIDATION_PERCENT, JsonLines, StdlibCorpus, is_validation, stdlib_files
 
 
 def make_tree(root):
@@ -28,6 +29,15 @@ def test_undecodable_files_are_skipped_and_counted(tmp_path):
     assert [d.path for d in docs] == ["a/c.py", "b.py"]
     assert docs[0].text == "y = 2\n"
     assert corpus.skipped == ["enc/latin1.py"]
+
+
+def test_count_documents_counts_what_a_pass_reads_skipped_ones_included(tmp_path):
+    make_tree(tmp_path)
+    assert StdlibCorpus("all", root=tmp_path).count_documents() == 3
+    lines = [{"text": "a"}, {"text": "b"}, {"no": "text"}]
+    (tmp_path / "c.jsonl").write_text("\n\n".join(json.dumps(line) for line in lines) + "\n")
+    source = JsonLines(tmp_path, ["c.jsonl"])
+    assert source.count_documents() == 3 and len(list(source)) == 2
 
 
 def test_split_is_a_stable_hash_of_the_path():

@@ -1,4 +1,5 @@
-"""``prepare``: sources, cleaning, tokenizer, shards, meta.json, reuse, atomicity and user errors.
+"""``prepare``: sources, cleaning, tokenizer, shards, meta.json, reuse, atomicity, progress lines
+and user errors.
 
 Kept fast: a 30-document slice of the stdlib corpus or a few small files, vocabularies
 of 300 tokens, one process except where the number of processes is what is tested.
@@ -7,6 +8,7 @@ of 300 tokens, one process except where the number of processes is what is teste
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -14,12 +16,13 @@ import re
 import numpy as np
 import pytest
 
-import tinygrad_llm.data.shards as shards_module
+import tinygrad_llm.data.prepare as prepare_module
 from tinygrad_llm.cli import main
 from tinygrad_llm.data import DataError
 from tinygrad_llm.data.clean import clean_and_dedup
 from tinygrad_llm.data.loader import TokenShards
-from tinygrad_llm.data.shards import PrepareConfig, prepare, split_documents, token_dtype, tokenizer_sample
+from tinygrad_llm.data.prepare import PrepareConfig, prepare, split_documents, tokenizer_sample
+from tinygrad_llm.data.shards import token_dtype
 from tinygrad_llm.data.sources import Document, JsonLines, StdlibCorpus, TextFiles, is_validation, open_source
 from tokenizer import ENDOFTEXT, Tokenizer
 
@@ -272,16 +275,16 @@ def test_damaged_output_is_redone_not_reused(text_dir, tmp_path):
 
 
 def fail_on_second_chunk(monkeypatch):
-    real = shards_module.encode_documents
+    real = prepare_module.encode_documents
     calls = []
 
-    def flaky(*args):
+    def flaky(*args, **kwargs):
         calls.append(args)
         if len(calls) == 2:
             raise RuntimeError("injected failure")
-        return real(*args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(shards_module, "encode_documents", flaky)
+    monkeypatch.setattr(prepare_module, "encode_documents", flaky)
 
 
 def test_failure_midway_leaves_nothing_behind(text_dir, tmp_path, monkeypatch):
@@ -305,6 +308,36 @@ def test_failed_rerun_leaves_the_previous_dataset_intact(text_dir, tmp_path, mon
     assert len(TokenShards(out, "val")) > 0
 
 
+# ---------------------------------------------------------------------- progress lines
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cleaning_shows_a_progress_line_with_rate_and_eta(tmp_path, capsys):
+    prepare(PrepareConfig(out=tmp_path, max_documents=SLICE, vocab_size=VOCAB, workers=1))
+    cleaning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cleaning:")]
+    assert cleaning and cleaning[-1].startswith(f"cleaning: {SLICE}/{SLICE} documents 100% | ")
+    assert all(" documents/s | " in line and "ETA" in line for line in cleaning)
+
+
+def test_json_lines_cleaning_progress_counts_lines(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document number {i}\n" * 3}) + "\n\n" for i in range(40)))
+    prepare(PrepareConfig(source=str(corpus), out=tmp_path / "out", vocab_size=VOCAB, filters="none", workers=1))
+    assert "cleaning: 40/40 documents 100%" in capsys.readouterr().err
+
+
+def test_on_a_terminal_each_stage_line_is_drawn_once_when_one_update_finishes_it(tmp_path, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    prepare(PrepareConfig(out=tmp_path, max_documents=SLICE, vocab_size=VOCAB, workers=1))
+    frames = re.split(r"[\r\n]", terminal.getvalue())
+    assert len([frame for frame in frames if frame.startswith("tokenizing val:")]) == 1
+
+
 # ---------------------------------------------------------------------- user errors: one line, exit 2
 
 
@@ -314,7 +347,7 @@ def test_failed_rerun_leaves_the_previous_dataset_intact(text_dir, tmp_path, mon
     ({"a.txt": b"\xff\xfe", "b.txt": b"caf\xe9"}, [], r"the corpus is empty: no documents to read \(2 unreadable"),
     ({"a.txt": "", "b.txt": "  \n\n"}, ["--no-filter"], r"nothing left after cleaning: all 2 documents .*empty: 2"),
     ({"a.txt": PROSE, "b.txt": "Too short."}, [], r"nothing left after cleaning: all 2 .*gopher_short_doc: 1"),
-    ({"a.txt": "x\n"}, ["--vocab-size", "100"], "vocab_size must be at least 257"),
+    ({"a.txt": "x\n"}, ["--vocab-size", "100"], "must be at least 257"),
     ({"a.txt": "x\n"}, ["--vocab-size", "300", "--tokenizer", "t.txt"], "not allowed with argument"),
     ({"a.txt": "x\n"}, ["--tokenizer", "SOURCE/a.txt"], "not a tinygrad-llm tokenizer file"),
     ({"a.txt": "x\n"}, ["--tokenizer", "SOURCE/none.txt"], "none.txt: no such tokenizer file"),

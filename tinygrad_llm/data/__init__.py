@@ -2,8 +2,9 @@
 
 ``sources`` (where text comes from: the stdlib corpus, text files, JSON Lines),
 cleaning (``normalize``, ``filters``, ``minhash``, ``dedup``, and ``clean`` which runs
-them over a stream), ``shards`` (the ``prepare`` pipeline: clean, tokenize, write
-shards) and ``loader`` (memory-mapped shards and the batches a trainer draws from them).
+them over a stream), ``prepare`` (the pipeline: clean, tokenize, write shards),
+``shards`` (the token-shard directory: shard files and ``meta.json``, written and
+checked) and ``loader`` (memory-mapped shards and the batches a trainer draws from them).
 """
 
 

@@ -1,12 +1,13 @@
 """The cleaning pipeline: normalise, filter, exact-dedup and near-dedup a document stream.
 
-``scan`` makes one pass over the documents.  Worker processes do the per-document work
-(normalise, run the filters in order, hash the content, shingle, MinHash); the parent
-takes their results back in corpus order, so the outcome does not depend on the number
-of workers, and does the order-dependent part: exact dedup (first copy kept), LSH and
-union-find (first member of each cluster kept).  At most ``2 * workers`` batches are in
-flight, so the stream is read lazily and memory holds signatures' band keys (and
-shingle sets when verifying), never the corpus.
+``scan`` makes one pass over the documents.  Worker processes (``util.workers``) do the
+per-document work (normalise, run the filters in order, hash the content, shingle,
+MinHash) in batches of ``batch_size`` documents; the parent takes their results back in
+corpus order, so the outcome does not depend on the number of workers, and does the
+order-dependent part: exact dedup (first copy kept), LSH and union-find (first member of
+each cluster kept).  Only a few batches per worker are in flight, so the stream is read
+lazily and memory holds signatures' band keys (and shingle sets when verifying), never
+the corpus.  A progress bar, if given, counts the documents as their results come back.
 
 ``clean_and_dedup`` runs ``scan`` and then a second pass that yields the kept,
 normalised documents; it therefore needs a collection it can iterate twice, such as
@@ -15,10 +16,7 @@ normalised documents; it therefore needs a collection it can iterate twice, such
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +35,8 @@ from tinygrad_llm.data.minhash import (
 )
 from tinygrad_llm.data.normalize import collapse_whitespace, normalize_text, simplify_text
 from tinygrad_llm.data.sources import Document
+from util.progress import Progress
+from util.workers import WorkerPool
 
 EXAMPLES_PER_REASON = 5
 """Dropped documents remembered per reason, for the report."""
@@ -79,15 +79,12 @@ class _Outcome:
 
 
 class _Stage:
-    """The per-document work, picklable so that each worker builds it once."""
+    """The per-document work, picklable so that each worker process receives it once."""
 
     def __init__(self, config: CleaningConfig) -> None:
         self.config = config
         self.hasher = MinHasher(config.num_perm, config.seed)
         self.key_text = collapse_whitespace if config.mode == "code" else simplify_text
-
-    def __call__(self, batch: list[Document]) -> list[_Outcome]:
-        return [self.process(doc) for doc in batch]
 
     def process(self, doc: Document) -> _Outcome:
         text = normalize_text(doc.text)
@@ -100,40 +97,10 @@ class _Stage:
                         shingles if self.config.verify else None)
 
 
-_worker_stage: _Stage | None = None
-
-
-def _init_worker(stage: _Stage) -> None:
-    global _worker_stage
-    _worker_stage = stage
-
-
-def _run_in_worker(batch: list[Document]) -> list[_Outcome]:
-    assert _worker_stage is not None
-    return _worker_stage(batch)
-
-
-def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    iterator = iter(documents)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
-
-
 def _ordered_outcomes(documents: Iterable[Document], config: CleaningConfig) -> Iterator[_Outcome]:
     """Every document's outcome, in input order, computed by ``config.workers`` processes."""
-    stage = _Stage(config)
-    if config.workers == 1:
-        for batch in _batches(documents, config.batch_size):
-            yield from stage(batch)
-        return
-    with ProcessPoolExecutor(config.workers, initializer=_init_worker, initargs=(stage,)) as pool:
-        pending: deque = deque()
-        for batch in _batches(documents, config.batch_size):
-            pending.append(pool.submit(_run_in_worker, batch))
-            if len(pending) >= 2 * config.workers:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+    with WorkerPool(_Stage(config).process, config.workers) as pool:
+        yield from pool.map(documents, chunk_size=config.batch_size)
 
 
 @dataclass
@@ -194,10 +161,11 @@ class Report:
         return "\n".join(lines)
 
 
-def scan(documents: Iterable[Document], config: CleaningConfig | None = None) -> Report:
+def scan(documents: Iterable[Document], config: CleaningConfig | None = None,
+         progress: Progress | None = None) -> Report:
     """One streaming pass: filter and deduplicate ``documents``; the report says what goes.
 
-    Raises ``ValueError`` for an empty stream.
+    ``progress`` is advanced by one per document.  Raises ``ValueError`` for an empty stream.
     """
     config = CleaningConfig() if config is None else config
     bands, rows = choose_bands_rows(config.threshold, config.num_perm)
@@ -208,6 +176,8 @@ def scan(documents: Iterable[Document], config: CleaningConfig | None = None) ->
     for doc_index, outcome in enumerate(_ordered_outcomes(documents, config)):
         report.documents += 1
         report.bytes += outcome.size
+        if progress is not None:
+            progress.update()
         if outcome.reason is not None:
             report.drop(doc_index, outcome.size, outcome.reason, outcome.path)
         elif outcome.key in first_with_key:
@@ -228,15 +198,16 @@ def scan(documents: Iterable[Document], config: CleaningConfig | None = None) ->
 
 
 def clean_and_dedup(documents: Iterable[Document], config: CleaningConfig | None = None,
-                    ) -> tuple[Iterator[Document], Report]:
+                    progress: Progress | None = None) -> tuple[Iterator[Document], Report]:
     """Scan ``documents``, then return (an iterator over the kept normalised documents, the report).
 
     ``documents`` is read twice, so it must be a re-iterable collection, not an iterator.
+    ``progress`` counts the documents of the scan (the slow pass).
     """
     if iter(documents) is documents:
         raise ValueError("clean_and_dedup reads the documents twice: pass a collection "
                          "(e.g. StdlibCorpus or a list), not an iterator")
-    report = scan(documents, config)
+    report = scan(documents, config, progress)
     kept = (Document(doc.path, normalize_text(doc.text)) for i, doc in enumerate(documents)
             if i not in report.removed)
     return kept, report

@@ -1,84 +1,43 @@
-"""``prepare``: raw text -> cleaned documents -> a tokenizer -> token shards on disk.
+"""The token-shard directory that ``prepare`` writes and the loader reads.
 
-The steps, in order:
+One directory holds one dataset::
 
-1. Read the source (``sources.open_source``: the stdlib corpus, text files, JSON Lines),
-   optionally only its first ``max_documents`` documents.
-2. Clean: Unicode NFC, ``\\n`` newlines, no control characters; empty documents dropped;
-   then, by default, the quality filters (code filters for source code, prose filters
-   otherwise) and exact + near-duplicate removal (``clean.clean_and_dedup``).
-3. Split the kept documents into train and validation by the stable hash of their
-   names (``sources.is_validation``).  Both splits must be non-empty: if the hash puts
-   no document in validation, the last train document moves there (and if the corpus
-   holds no train document, the first validation one moves to train); a corpus of one
-   document is cut at the last line break before 90% of its length.
-4. Train a byte-level BPE tokenizer on the train split (GPT-4 split pattern,
-   ``<|endoftext|>`` special token, 4,096 tokens by default) or reuse a tokenizer file.
-   Training reads at most about ``TOKENIZER_BUDGET_BYTES`` of text: every k-th train
-   document, so that the sample spans the whole corpus (files come sorted by path, so
-   the first megabytes would be a few packages only).  On the stdlib an 8 MB sample
-   costs a third of the time of the full 31 MB and gives 3.18 instead of 3.23 bytes per
-   token on the validation split.
-5. Tokenize in ``workers`` processes, in chunks of documents, results in corpus order,
-   with a progress bar.  Every document is preceded by the end-of-text token, as in
-   GPT-2's training data: the model sees "start of a new document" before the first
-   token of each one, and a window that begins mid-stream still knows where documents
-   join.  Documents are encoded with ``encode_ordinary``: a literal ``<|endoftext|>`` in
-   the text is ordinary text, never a control token.
-6. Write shards ``train_000.bin, train_001.bin, ...`` and ``val_000.bin, ...`` of at most
-   ``shard_tokens`` tokens each: raw little-endian ``uint16`` when the vocabulary has at
-   most 65,536 ids, else ``uint32``, with no header, so ``np.memmap`` reads them
-   directly.  Then ``meta.json``: source, counts of documents, bytes and tokens per
-   split, what was skipped and dropped, dtype, vocabulary size, EOT id, the tokenizer
-   file and its SHA-256, a fingerprint of the inputs and the tool version.
+    meta.json        what the directory holds (below); written last
+    tokenizer.txt    the tokenizer the tokens come from (``Tokenizer.load``)
+    train_000.bin    the train split's tokens, in shards of at most ``shard_tokens``
+    train_001.bin    ...
+    val_000.bin      the validation split's tokens
 
-Atomicity.  Everything is first written into a hidden staging directory inside the
-output directory and fsynced.  Only when all of it is complete does the commit
-remove the old ``meta.json`` and shards, rename the new files into place and, last,
-write ``meta.json`` atomically (temporary file, fsync, rename).  An interrupted
-``prepare`` therefore leaves either the previous dataset intact or a directory without
-``meta.json``, which nothing mistakes for a finished one; a staging directory left by
-a killed run is removed by the next run.
+A shard is raw little-endian ``uint16`` when the vocabulary has at most 65,536 ids,
+else ``uint32`` (``token_dtype``), with no header, so ``np.memmap`` reads it directly.
+A split's shards, in order, form one token stream in which every document is preceded
+by the end-of-text token (``eot_position`` in ``meta.json``).
 
-Reuse.  The fingerprint hashes the source spec, the resolved root, every input file's
-size and modification time, the options that change the output and the tokenizer file's
-hash.  When ``meta.json`` already holds that fingerprint and the files it lists are
-intact, ``prepare`` returns at once and says so (``force`` redoes it anyway).
+``meta.json`` records: ``format`` and ``format_version`` (a reader refuses a newer
+version), ``tool_version``, ``created``, the ``fingerprint`` of the inputs, ``source``
+(what was read and skipped), ``cleaning`` (what was dropped and why), ``tokenizer``
+(file, SHA-256, how it was made), ``vocab_size``, ``eot_token``, ``dtype``,
+``byte_order``, ``eot_position`` and ``splits``: for each split its counts of
+documents, bytes and tokens and its list of shards ``{"file", "tokens"}``.
 
-Memory: the cleaned corpus is held in memory between cleaning and tokenizing (the
-tokenizer must be trained on it before anything can be encoded); that is 30 MB for
-the default corpus.
+Writing is atomic per dataset: the files are made in a staging directory (with
+``ShardWriter``, each shard fsynced) and ``commit_dataset`` moves them in, ``meta.json``
+last.  A directory without ``meta.json`` is therefore never mistaken for a finished
+dataset, and ``read_meta`` + ``shard_paths`` check that every shard listed is there
+with the size ``meta.json`` gives it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import itertools
 import json
-import math
 import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from tinygrad_llm.data import DataError
-from tinygrad_llm.data.clean import CleaningConfig, clean_and_dedup
-from tinygrad_llm.data.filters import CODE_FILTERS, PROSE_FILTERS, Filter, first_failure
-from tinygrad_llm.data.normalize import normalize_text
-from tinygrad_llm.data.sources import Document, Source, is_validation, open_source
-from tinygrad_llm.files import atomic_write_bytes, fsync_directory
-from tinygrad_llm.progress import Progress
-from tokenizer import ENDOFTEXT, Tokenizer, TokenizerFileError
+from util.files import atomic_write_bytes, fsync_directory
 
 FORMAT = "tinygrad-llm-shards"
 """``meta.json``'s ``format`` field: what kind of directory this is."""
@@ -91,163 +50,6 @@ TOKENIZER_FILE = "tokenizer.txt"
 SPLITS = ("train", "val")
 """Split names, also the shard file prefixes (``train_000.bin``, ``val_000.bin``)."""
 
-DEFAULT_OUT = Path("data/stdlib")
-DEFAULT_VOCAB_SIZE = 4096
-DEFAULT_SHARD_TOKENS = 100_000_000
-TOKENIZER_BUDGET_BYTES = 8_000_000
-"""About how many bytes of train text the tokenizer is trained on (see step 4)."""
-
-CHUNK_BYTES = 1 << 19
-"""Documents are sent to the tokenizing processes in chunks of about this many bytes."""
-
-SINGLE_DOCUMENT_TRAIN_FRACTION = 0.9
-"""A one-document corpus is cut here: the first 90% trains, the rest validates."""
-
-STAGING_PREFIX = ".prepare-"
-
-FilterChoice = Literal["auto", "code", "prose", "none"]
-
-
-def _tool_version() -> str:
-    try:
-        return importlib.metadata.version("tinygrad-llm")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-TOOL_VERSION = _tool_version()
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """What ``prepare`` reads, how it cleans and tokenizes, and where it writes.
-
-    Attributes:
-        source: ``"stdlib"``, a directory, a glob, a text file or a ``.jsonl`` file.
-        out: the output directory (created if missing).
-        vocab_size: size of the tokenizer to train (ignored when ``tokenizer`` is given).
-        tokenizer: a tokenizer file to reuse instead of training one.
-        max_documents: read only the first N documents of the source.
-        workers: processes for cleaning and tokenizing (default: one per CPU).
-        filters: ``"auto"`` (code filters for source code, prose filters otherwise),
-            ``"code"``, ``"prose"`` or ``"none"`` (then only empty documents are dropped).
-        dedup: remove exact and near duplicates.
-        shard_tokens: the most tokens in one shard file.
-        tokenizer_budget: about how many bytes of train text the tokenizer learns from.
-        force: redo everything even if the output is up to date.
-    """
-
-    source: str = "stdlib"
-    out: Path = DEFAULT_OUT
-    vocab_size: int = DEFAULT_VOCAB_SIZE
-    tokenizer: Path | None = None
-    max_documents: int | None = None
-    workers: int | None = None
-    filters: FilterChoice = "auto"
-    dedup: bool = True
-    shard_tokens: int = DEFAULT_SHARD_TOKENS
-    tokenizer_budget: int = TOKENIZER_BUDGET_BYTES
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        if self.vocab_size < 257:
-            raise DataError(f"vocab_size must be at least 257 (256 bytes + {ENDOFTEXT}), got {self.vocab_size}")
-        for name in ("max_documents", "workers", "shard_tokens", "tokenizer_budget"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise DataError(f"{name} must be at least 1, got {value}")
-        if self.filters not in ("auto", "code", "prose", "none"):
-            raise DataError(f"filters must be auto, code, prose or none, got {self.filters!r}")
-
-
-@dataclass(frozen=True)
-class PrepareResult:
-    """What ``prepare`` made: the directory, its ``meta.json`` contents, whether it was reused."""
-
-    directory: Path
-    meta: dict[str, Any]
-    reused: bool
-    seconds: float
-
-    def summary(self) -> str:
-        """A human-readable account: what was read, dropped and kept, and the files written."""
-        meta = self.meta
-        source, cleaning, tok = meta["source"], meta["cleaning"], meta["tokenizer"]
-        lines = [f"{'reused' if self.reused else 'prepared'} {source['spec']} -> {self.directory} "
-                 f"in {self.seconds:.1f}s",
-                 f"read: {source['documents']:,} documents ({_size(source['bytes'])}) from {source['root']}; "
-                 f"{source['skipped']:,} skipped as unreadable"
-                 + (f" (e.g. {', '.join(source['skipped_examples'][:3])})" if source["skipped"] else ""),
-                 f"cleaning (filters: {cleaning['filters']}, dedup: {'on' if cleaning['dedup'] else 'off'}): "
-                 f"kept {cleaning['kept_documents']:,} documents ({_size(cleaning['kept_bytes'])})"]
-        for reason, drop in sorted(cleaning["dropped"].items(), key=lambda item: -item[1]["documents"]):
-            lines.append(f"  dropped {drop['documents']:6,} ({_size(drop['bytes'])}) {reason}: "
-                         f"e.g. {', '.join(drop['examples'][:2])}")
-        if cleaning["dedup"]:
-            lines.append(f"  near-duplicate clusters: {len(cleaning['near_duplicate_clusters'])}")
-        how = (f"trained on {_size(tok['training_bytes'])} of train text" if tok["trained"]
-               else f"reused from {tok['copied_from']}")
-        if tok["trained"] and meta["vocab_size"] < tok["requested_vocab_size"]:
-            how += f" (it ran out of pairs to merge before {tok['requested_vocab_size']:,})"
-        lines.append(f"tokenizer: {meta['vocab_size']:,} tokens, end-of-text id {meta['eot_token']}, {how}, "
-                     f"sha256 {tok['sha256'][:16]}...")
-        for name in SPLITS:
-            split = meta["splits"][name]
-            lines.append(f"{name:>5}: {split['documents']:,} documents, {_size(split['bytes'])} -> "
-                         f"{split['tokens']:,} tokens ({split['bytes'] / split['tokens']:.2f} bytes/token), "
-                         f"{len(split['shards'])} shard(s) of {meta['dtype']}")
-        files = [META_FILE, TOKENIZER_FILE] + [s["file"] for name in SPLITS for s in meta["splits"][name]["shards"]]
-        lines.append(f"files in {self.directory.resolve()}: {', '.join(files)}")
-        return "\n".join(lines)
-
-
-def prepare(config: PrepareConfig | None = None) -> PrepareResult:
-    """Run the whole pipeline (module docstring) and return what it made.
-
-    Progress goes to stderr.  Raises ``DataError`` for a missing source, a corpus with
-    no documents or nothing left after cleaning, or an unusable tokenizer file.
-    """
-    config = PrepareConfig() if config is None else config
-    start = time.perf_counter()
-    out = Path(config.out)
-    source = open_source(config.source)
-    given_tokenizer = _load_tokenizer(config.tokenizer) if config.tokenizer is not None else None
-    tokenizer_hash = _sha256_file(config.tokenizer) if config.tokenizer is not None else None
-    fingerprint = _fingerprint(config, source, tokenizer_hash)
-    if not config.force and (meta := _reusable_meta(out, fingerprint)) is not None:
-        _say(f"{out}: up to date (same source files, options and tokenizer): reusing it; --force redoes it")
-        return PrepareResult(out, meta, True, time.perf_counter() - start)
-
-    documents, cleaning, read = _read_and_clean(source, config)
-    train, val = split_documents(documents)
-    if given_tokenizer is not None:
-        tokenizer, tokenizer_info = given_tokenizer, {"trained": False, "copied_from": str(config.tokenizer)}
-    else:
-        tokenizer, tokenizer_info = _train_tokenizer(config, train)
-    dtype = token_dtype(tokenizer.vocab_size)
-
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(STAGING_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
-    try:
-        if config.tokenizer is None:
-            tokenizer.save(staging / TOKENIZER_FILE)
-        else:
-            atomic_write_bytes(staging / TOKENIZER_FILE, Path(config.tokenizer).read_bytes())
-        splits = _write_splits({"train": train, "val": val}, tokenizer, dtype, staging, config)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
-                "source": read, "cleaning": cleaning,
-                "tokenizer": {"file": TOKENIZER_FILE, "sha256": _sha256_file(staging / TOKENIZER_FILE),
-                              **tokenizer_info},
-                "vocab_size": tokenizer.vocab_size, "eot_token": tokenizer.eot_token, "dtype": dtype.name,
-                "byte_order": "little", "eot_position": "before each document", "splits": splits}
-        _commit(staging, out, meta)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return PrepareResult(out, meta, False, time.perf_counter() - start)
-
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """Little-endian ``uint16`` if every id of a ``vocab_size`` vocabulary fits, else ``uint32``."""
@@ -259,215 +61,10 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:03d}.bin"
 
 
-# ---------------------------------------------------------------------- reading and cleaning
+# ---------------------------------------------------------------------- writing
 
 
-@dataclass
-class _FirstDocuments:
-    """The first ``n`` documents of ``source``, re-iterable like the source itself."""
-
-    source: Source
-    n: int
-
-    def __iter__(self) -> Iterator[Document]:
-        return itertools.islice(iter(self.source), self.n)
-
-
-def _read_and_clean(source: Source, config: PrepareConfig) -> tuple[list[Document], dict, dict]:
-    """The kept, normalised documents, the cleaning report and what was read, as meta entries."""
-    documents = source if config.max_documents is None else _FirstDocuments(source, config.max_documents)
-    kind = source.kind if config.filters in ("auto", "none") else config.filters
-    filter_name = "none" if config.filters == "none" else kind
-    filters = {"none": (), "code": CODE_FILTERS, "prose": PROSE_FILTERS}[filter_name]
-    _say(f"reading and cleaning {source.spec} (filters: {filter_name}, dedup: {'on' if config.dedup else 'off'}) ...")
-    start = time.perf_counter()
-    if config.dedup:
-        cleaning = CleaningConfig(filters=filters, mode="code" if kind == "code" else "words",
-                                  workers=_workers(config))
-        try:
-            kept_stream, report = clean_and_dedup(documents, cleaning)
-        except ValueError:  # the only one scan raises: an empty stream
-            raise DataError(_no_documents(source)) from None
-        kept, summary = list(kept_stream), report.to_dict()
-    else:
-        kept, summary = _filter_only(documents, filters)
-        if summary["documents"] == 0:
-            raise DataError(_no_documents(source))
-    if not kept:
-        reasons = ", ".join(f"{reason}: {d['documents']}" for reason, d in summary["dropped"].items())
-        raise DataError(f"{source.spec}: nothing left after cleaning: all {summary['documents']} documents "
-                        f"were dropped ({reasons})")
-    _say(f"kept {len(kept):,} of {summary['documents']:,} documents in {time.perf_counter() - start:.1f}s")
-    read = {"spec": source.spec, "root": str(source.root.resolve()), "kind": kind,
-            "max_documents": config.max_documents, "documents": summary["documents"], "bytes": summary["bytes"],
-            "skipped": len(source.skipped), "skipped_examples": source.skipped[:5]}
-    cleaning_meta = {"filters": filter_name, "dedup": config.dedup, **summary}
-    return kept, cleaning_meta, read
-
-
-def _no_documents(source: Source) -> str:
-    skipped = f" ({len(source.skipped)} unreadable, skipped)" if source.skipped else ""
-    return f"{source.spec}: the corpus is empty: no documents to read{skipped}"
-
-
-def _filter_only(documents: Iterable[Document], filters: Sequence[Filter]) -> tuple[list[Document], dict]:
-    """Normalise and filter without deduplication; the report has ``Report.to_dict``'s counting fields."""
-    kept: list[Document] = []
-    dropped: dict[str, dict[str, Any]] = {}
-    count = total = kept_bytes = 0
-    for doc in documents:
-        text = normalize_text(doc.text)
-        size = len(doc.text.encode("utf-8", "surrogatepass"))
-        count, total = count + 1, total + size
-        reason = "empty" if not text.strip() else first_failure(text, filters)
-        if reason is None:
-            kept.append(Document(doc.path, text))
-            kept_bytes += size
-            continue
-        entry = dropped.setdefault(reason, {"documents": 0, "bytes": 0, "examples": []})
-        entry["documents"] += 1
-        entry["bytes"] += size
-        if len(entry["examples"]) < 5:
-            entry["examples"].append(doc.path)
-    return kept, {"documents": count, "bytes": total, "kept_documents": len(kept), "kept_bytes": kept_bytes,
-                  "dropped": dropped}
-
-
-def split_documents(documents: Sequence[Document]) -> tuple[list[Document], list[Document]]:
-    """(train, validation) by the name hash, both non-empty (see step 3 of the module docstring)."""
-    if len(documents) == 1:
-        return _cut_single_document(documents[0])
-    train = [doc for doc in documents if not is_validation(doc.path)]
-    val = [doc for doc in documents if is_validation(doc.path)]
-    if not val:
-        val.append(train.pop())
-    elif not train:
-        train.append(val.pop(0))
-    return train, val
-
-
-def _cut_single_document(doc: Document) -> tuple[list[Document], list[Document]]:
-    """Cut the only document at the last line break before 90% of it (or at 90% if none)."""
-    at = int(len(doc.text) * SINGLE_DOCUMENT_TRAIN_FRACTION)
-    cut = doc.text.rfind("\n", 0, at) + 1 or at
-    if not 0 < cut < len(doc.text):
-        raise DataError(f"{doc.path}: the only document ({len(doc.text)} characters) is too short "
-                        "to cut into train and validation parts")
-    return [Document(doc.path, doc.text[:cut])], [Document(doc.path, doc.text[cut:])]
-
-
-# ---------------------------------------------------------------------- the tokenizer
-
-
-def _load_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer in ``path``, which must have the end-of-text token; else ``DataError``."""
-    try:
-        tokenizer = Tokenizer.load(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such tokenizer file") from None
-    except TokenizerFileError as exc:
-        raise DataError(str(exc)) from None
-    if ENDOFTEXT not in tokenizer.special_tokens:
-        raise DataError(f"{path}: the tokenizer has no {ENDOFTEXT} token, which prepare puts before every document")
-    return tokenizer
-
-
-def _train_tokenizer(config: PrepareConfig, train: Sequence[Document]) -> tuple[Tokenizer, dict[str, Any]]:
-    """A tokenizer trained on a sample of the ``train`` documents (step 4), and its meta entry."""
-    sample = tokenizer_sample([doc.text for doc in train], config.tokenizer_budget)
-    sample_bytes = sum(len(t.encode("utf-8", "surrogatepass")) for t in sample)
-    _say(f"training a {config.vocab_size:,}-token BPE tokenizer on {len(sample):,} train documents "
-         f"({_size(sample_bytes)}) ...")
-    start = time.perf_counter()
-    tokenizer = Tokenizer.train(sample, config.vocab_size, progress=False)
-    _say(f"trained {tokenizer.vocab_size:,} tokens in {time.perf_counter() - start:.1f}s")
-    return tokenizer, {"trained": True, "requested_vocab_size": config.vocab_size,
-                       "training_documents": len(sample), "training_bytes": sample_bytes}
-
-
-def tokenizer_sample(texts: Sequence[str], budget: int) -> list[str]:
-    """Every k-th text, k = ceil(total bytes / ``budget``): about ``budget`` bytes spread over all of them."""
-    total = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-    return list(texts[::max(1, math.ceil(total / budget))])
-
-
-# ---------------------------------------------------------------------- tokenizing and writing shards
-
-
-def _write_splits(splits: dict[str, list[Document]], tokenizer: Tokenizer, dtype: np.dtype, directory: Path,
-                  config: PrepareConfig) -> dict[str, dict[str, Any]]:
-    """Tokenize each split with one pool of processes and write its shards into ``directory``."""
-    result = {}
-    with _encoder(tokenizer, dtype, _workers(config)) as encode:
-        for name, documents in splits.items():
-            texts = [doc.text for doc in documents]
-            sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
-            chunks = _chunks(texts, sizes, CHUNK_BYTES)
-            with (_ShardWriter(directory, name, dtype, config.shard_tokens) as writer,
-                  Progress(sum(sizes), unit="B", desc=f"tokenizing {name}", stream=sys.stderr) as bar):
-                for tokens, (_, chunk_bytes) in zip(encode(chunk for chunk, _ in chunks), chunks, strict=True):
-                    writer.write(tokens)
-                    bar.update(chunk_bytes, tokens=f"{writer.tokens:,}")
-                shards = writer.finish()
-            result[name] = {"documents": len(texts), "bytes": sum(sizes), "tokens": writer.tokens, "shards": shards}
-    return result
-
-
-def _chunks(texts: list[str], sizes: list[int], chunk_bytes: int) -> list[tuple[list[str], int]]:
-    """Consecutive runs of texts of about ``chunk_bytes`` bytes each, with their byte counts."""
-    chunks: list[tuple[list[str], int]] = []
-    current: list[str] = []
-    current_bytes = 0
-    for text, size in zip(texts, sizes, strict=True):
-        current.append(text)
-        current_bytes += size
-        if current_bytes >= chunk_bytes:
-            chunks.append((current, current_bytes))
-            current, current_bytes = [], 0
-    if current:
-        chunks.append((current, current_bytes))
-    return chunks
-
-
-def encode_documents(tokenizer: Tokenizer, texts: Iterable[str], dtype: np.dtype) -> np.ndarray:
-    """The token stream of ``texts``: ``<eot> doc1 <eot> doc2 ...`` as one array of ``dtype``."""
-    eot = tokenizer.eot_token
-    ids: list[int] = []
-    for text in texts:
-        ids.append(eot)
-        ids += tokenizer.encode_ordinary(text)
-    return np.array(ids, dtype=dtype)
-
-
-Encode = Callable[[Iterable[list[str]]], Iterator[np.ndarray]]
-
-
-@contextmanager
-def _encoder(tokenizer: Tokenizer, dtype: np.dtype, workers: int) -> Iterator[Encode]:
-    """A function mapping chunks of texts to their token arrays, in order, on ``workers`` processes."""
-    if workers == 1:
-        yield lambda chunks: (encode_documents(tokenizer, texts, dtype) for texts in chunks)
-        return
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer, dtype))
-    try:
-        yield lambda chunks: pool.map(_encode_in_worker, chunks)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-_worker_state: dict[str, Any] = {}
-
-
-def _init_worker(tokenizer: Tokenizer, dtype: np.dtype) -> None:
-    """Process-pool initializer: receive the tokenizer once per worker, not once per chunk."""
-    _worker_state.update(tokenizer=tokenizer, dtype=dtype)
-
-
-def _encode_in_worker(texts: list[str]) -> np.ndarray:
-    return encode_documents(_worker_state["tokenizer"], texts, _worker_state["dtype"])
-
-
-class _ShardWriter:
+class ShardWriter:
     """Append tokens to ``{split}_000.bin``, ``{split}_001.bin``, ... of at most ``shard_tokens`` each.
 
     Each finished shard is fsynced; ``finish`` returns ``[{"file", "tokens"}, ...]``.
@@ -509,7 +106,7 @@ class _ShardWriter:
         self.shards.append({"file": shard_name(self.split, len(self.shards)), "tokens": self._in_shard})
         self._file = None
 
-    def __enter__(self) -> _ShardWriter:
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -517,7 +114,24 @@ class _ShardWriter:
             self._file.close()
 
 
-# ---------------------------------------------------------------------- meta.json, reuse and the commit
+def commit_dataset(staging: Path, directory: Path, meta: dict[str, Any]) -> None:
+    """Replace ``directory``'s dataset by the files in ``staging`` and ``meta``; ``meta.json`` goes last.
+
+    The old ``meta.json`` is removed first and the new one written atomically at the
+    end, so an interruption leaves a directory without ``meta.json``, never a mixture
+    that claims to be complete.
+    """
+    (directory / META_FILE).unlink(missing_ok=True)
+    for split in SPLITS:
+        for old in directory.glob(f"{split}_*.bin"):
+            old.unlink()
+    for staged in sorted(staging.iterdir()):
+        os.replace(staged, directory / staged.name)
+    fsync_directory(directory)
+    atomic_write_bytes(directory / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+# ---------------------------------------------------------------------- reading
 
 
 def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -572,70 +186,3 @@ def shard_paths(directory: str | os.PathLike[str], meta: dict[str, Any], split: 
             raise DataError(f"{path}: {size:,} bytes, expected {expected:,}: truncated or damaged (re-run prepare)")
         paths.append(path)
     return paths
-
-
-def _reusable_meta(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    """``out``'s meta if it was made from the same inputs and its files are intact, else None."""
-    try:
-        meta = read_meta(out)
-        if meta.get("fingerprint") != fingerprint:
-            return None
-        for split in SPLITS:
-            shard_paths(out, meta, split)
-        if _sha256_file(out / meta["tokenizer"]["file"]) != meta["tokenizer"]["sha256"]:
-            return None
-    except DataError:
-        return None
-    return meta
-
-
-def _fingerprint(config: PrepareConfig, source: Source, tokenizer_hash: str | None) -> str:
-    """SHA-256 of everything the output depends on: inputs, options, tokenizer, versions."""
-    tokenizer = ({"sha256": tokenizer_hash} if tokenizer_hash is not None
-                 else {"vocab_size": config.vocab_size, "budget_bytes": config.tokenizer_budget})
-    inputs = {"format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION, "source": config.source,
-              "root": str(source.root.resolve()), "files": source.inputs(), "max_documents": config.max_documents,
-              "filters": config.filters, "dedup": config.dedup, "shard_tokens": config.shard_tokens,
-              "tokenizer": tokenizer}
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _commit(staging: Path, out: Path, meta: dict[str, Any]) -> None:
-    """Replace ``out``'s dataset by the staged one; ``meta.json`` goes last."""
-    (out / META_FILE).unlink(missing_ok=True)
-    for split in SPLITS:
-        for old in out.glob(f"{split}_*.bin"):
-            old.unlink()
-    for staged in sorted(staging.iterdir()):
-        os.replace(staged, out / staged.name)
-    fsync_directory(out)
-    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-# ---------------------------------------------------------------------- small helpers
-
-
-def _sha256_file(path: str | os.PathLike[str]) -> str:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a file") from None
-
-
-def _workers(config: PrepareConfig) -> int:
-    return config.workers or os.cpu_count() or 1
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _size(n_bytes: int) -> str:
-    """Bytes for people: ``512 B``, ``45.1 kB``, ``30.2 MB``."""
-    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes} B"

@@ -75,8 +75,9 @@ class Document:
 class Source(Protocol):
     """What ``prepare`` reads: documents in a fixed order, re-readable, plus what it skipped.
 
-    ``kind`` says whether the documents are source code or prose; ``inputs()`` lists
-    the files read with their sizes and modification times, so a caller can tell
+    ``kind`` says whether the documents are source code or prose; ``count_documents()``
+    says how many documents a pass will read (for a progress bar's total); ``inputs()``
+    lists the files read with their sizes and modification times, so a caller can tell
     whether anything changed since the last run.
     """
 
@@ -88,6 +89,8 @@ class Source(Protocol):
     def kind(self) -> Kind: ...
 
     def __iter__(self) -> Iterator[Document]: ...
+
+    def count_documents(self) -> int: ...
 
     def inputs(self) -> list[tuple[str, int, int]]: ...
 
@@ -139,6 +142,10 @@ class TextFiles:
         """Just the documents' texts, in order."""
         return (doc.text for doc in self)
 
+    def count_documents(self) -> int:
+        """How many files a pass reads (the ones that turn out not to be UTF-8 are then skipped)."""
+        return len(self.paths())
+
     def inputs(self) -> list[tuple[str, int, int]]:
         """``(relative path, size in bytes, mtime in ns)`` of every file, in order."""
         return _stat_all(self.root, self.files)
@@ -174,17 +181,25 @@ class JsonLines:
 
     def __iter__(self) -> Iterator[Document]:
         self.skipped = []
+        for name, raw in self._lines():
+            text = self._text_of(raw)
+            if text is None:
+                self.skipped.append(name)
+            else:
+                yield Document(name, text)
+
+    def count_documents(self) -> int:
+        """How many lines a pass reads (the unreadable ones are then skipped); reads the files once."""
+        return sum(1 for _ in self._lines())
+
+    def _lines(self) -> Iterator[tuple[str, bytes]]:
+        """``(name, raw line)`` of every non-blank line of this split, in order."""
         for relative in self.files:
             with open(self.root / relative, "rb") as f:
                 for number, raw in enumerate(f, 1):
                     name = f"{relative}:{number}"
-                    if not raw.strip() or not _in_split(name, self.split):
-                        continue
-                    text = self._text_of(raw)
-                    if text is None:
-                        self.skipped.append(name)
-                    else:
-                        yield Document(name, text)
+                    if raw.strip() and _in_split(name, self.split):
+                        yield name, raw
 
     def _text_of(self, raw: bytes) -> str | None:
         """The line's text field, or None if the line is not UTF-8 JSON with a string there."""

@@ -1,4 +1,5 @@
-"""The progress bar: its line format, rate and ETA, and how often it writes on and off a terminal.
+"""The progress bar: its line format, rate and ETA, how often it writes on and off a terminal,
+a bar that starts part-way, a disabled bar, and the terminal's width.
 
 A fake clock replaces ``time`` inside the module, so the rates and the throttling are
 exact and no test waits or depends on the machine's speed.
@@ -11,8 +12,8 @@ import types
 
 import pytest
 
-import tinygrad_llm.progress as progress_module
-from tinygrad_llm.progress import Progress
+import util.progress as progress_module
+from util.progress import Progress
 
 
 class FakeClock:
@@ -118,3 +119,54 @@ def test_default_stream_is_stderr_at_construction(clock, capsys):
     with Progress(total=2) as bar:
         bar.update(2)
     assert capsys.readouterr().err.startswith("2/2 it 100%")
+
+
+def test_a_bar_started_part_way_counts_only_new_work_in_rate_and_eta(clock):
+    stream = io.StringIO()
+    bar = Progress(total=1000, unit="step", desc="train", stream=stream, min_interval=0, initial=600)
+    clock.now += 10
+    bar.update(20)  # 20 steps in 10 s since the resume, not 620
+    bar.close()
+    assert stream.getvalue() == "train: 620/1000 step 62% | 2 step/s | 0:10 elapsed, ETA 3:10\n"
+
+
+def test_a_bar_started_part_way_logs_from_the_next_tenth_on(clock):
+    stream = io.StringIO()
+    bar = Progress(total=100, stream=stream, min_interval=0, initial=45)
+    clock.now += 1
+    bar.update(4)  # 49: still in the fifth tenth, where the run was resumed
+    assert stream.getvalue() == ""
+    bar.update(1)
+    assert stream.getvalue().startswith("50/100 it 50% | 5 it/s")
+
+
+def test_on_a_terminal_close_does_not_redraw_a_line_already_shown(clock):
+    stream = Terminal()
+    with Progress(total=10, desc="tokenizing val", stream=stream, min_interval=0.5) as bar:
+        bar.update(10, tokens="1,234")  # one update reaches the end: drawn at once
+    assert stream.getvalue().count("tokenizing val") == 1 and stream.getvalue().endswith("\n")
+
+
+def test_close_draws_fields_set_after_the_last_line(clock):
+    stream = io.StringIO()
+    with Progress(total=10, stream=stream, min_interval=0) as bar:
+        bar.update(10)
+        bar.set_fields(loss=2.5)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].endswith("loss=2.5")
+
+
+def test_on_a_terminal_the_line_is_cut_to_its_width(clock, monkeypatch):
+    monkeypatch.setattr(progress_module, "_terminal_columns", lambda stream: 30)
+    stream = Terminal()
+    bar = Progress(total=None, stream=stream, min_interval=0)
+    bar.update(1, note="a long field that would wrap")
+    (frame,) = stream.getvalue().split("\r")[1:]
+    assert frame == "1 it | 0 it/s | 0:00 elapsed |"[:29]  # 29 columns: the 30th would wrap on some terminals
+
+
+def test_a_disabled_bar_counts_but_writes_nothing(clock):
+    stream = Terminal()
+    with Progress(total=10, stream=stream, min_interval=0, enabled=False) as bar:
+        bar.update(7)
+    assert bar.count == 7 and stream.getvalue() == ""

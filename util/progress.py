@@ -1,23 +1,28 @@
-"""A small progress bar for long runs (tokenizing, training), with no dependencies.
+"""A small progress bar for long runs (cleaning, tokenizing, training), with no dependencies.
 
 ``Progress`` counts work done (documents, bytes, steps) and shows it with a rate, an
 ETA and any extra ``key=value`` fields the caller passes (``loss=3.21``,
 ``tok/s=1234``).  It adapts to where it writes:
 
 - on a terminal it redraws one line in place with ``\\r``, at most every
-  ``min_interval`` seconds, so a tight loop pays almost nothing for it;
+  ``min_interval`` seconds, so a tight loop pays almost nothing for it.  The line is
+  cut to the terminal's width: a longer one would wrap, and ``\\r`` returns only to
+  the start of the last row, leaving a copy of the line behind at every redraw;
 - anywhere else (a log file, a pipe, CI) a carriage return would pile up into one
   huge line, so it prints ordinary lines instead, and only a few: one each time the
   count crosses another ``1 / LOG_STEPS`` of the total, or when ``LOG_EVERY_SECONDS``
   have passed since the last line (whichever comes first), never more often than
   ``min_interval``.
 
-``close`` (or leaving the ``with`` block) always shows the final state.  Rates are the
-average since the bar was created; the ETA is the remaining count at that rate.
+``close`` (or leaving the ``with`` block) shows the final state, unless the last line
+drawn already shows it.  A bar may start part-way (``initial``, e.g. a resumed
+training run at its step): the rate is the work done since the bar was created
+divided by the time since, and the ETA is the remaining count at that rate.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from types import TracebackType
@@ -41,31 +46,36 @@ class Progress:
         stream: where to write (a terminal gets the one-line redraw); default
             ``sys.stderr`` as it is when the bar is created.
         min_interval: the shortest time between two redraws or lines, in seconds.
+        initial: the count to start from (work done before this bar existed); it is
+            shown but not counted in the rate.
+        enabled: with ``False`` the bar counts but writes nothing.
 
     Example::
 
-        with Progress(total=steps, unit="step", desc="train") as bar:
-            for step in range(steps):
+        with Progress(total=steps, unit="step", desc="train", initial=resumed_step) as bar:
+            for step in range(resumed_step, steps):
                 ...
                 bar.update(loss=loss, **{"tok/s": rate})
     """
 
     def __init__(self, total: int | None, unit: str = "it", desc: str = "", stream: TextIO | None = None,
-                 min_interval: float = 0.5) -> None:
+                 min_interval: float = 0.5, initial: int = 0, enabled: bool = True) -> None:
         self.total = total
         self.unit = unit
         self.desc = desc
         self.stream = sys.stderr if stream is None else stream
         self.min_interval = min_interval
-        self.count = 0
+        self.initial = initial
+        self.enabled = enabled
+        self.count = initial
         self.fields: dict[str, Any] = {}
         isatty = getattr(self.stream, "isatty", None)
         self.tty = bool(isatty and isatty())
         self.start = time.monotonic()
         # A terminal shows the first update at once; a log's first line waits for progress or time.
         self._last_draw = -float("inf") if self.tty else self.start
-        self._last_log_step = 0
-        self._drawn_count: int | None = None
+        self._last_log_step = initial * LOG_STEPS // total if total else 0
+        self._drawn_state: tuple[int, dict[str, Any]] | None = None
         self._width = 0
         self._closed = False
 
@@ -73,6 +83,8 @@ class Progress:
         """Add ``n`` to the count, replace the given fields, and redraw if it is time to."""
         self.count += n
         self.fields.update(fields)
+        if not self.enabled:
+            return
         now = time.monotonic()
         if now - self._last_draw < self.min_interval:
             return
@@ -84,11 +96,11 @@ class Progress:
         self.fields.update(fields)
 
     def close(self) -> None:
-        """Show the final state (and end the terminal line); later calls do nothing."""
-        if self._closed:
+        """Show the final state if not already shown (and end the terminal line); later calls do nothing."""
+        if self._closed or not self.enabled:
             return
         self._closed = True
-        if self.tty or self._drawn_count != self.count:
+        if self._drawn_state != (self.count, self.fields):
             self._draw(time.monotonic())
         if self.tty:
             self.stream.write("\n")
@@ -113,8 +125,11 @@ class Progress:
     def _draw(self, now: float) -> None:
         line = self.format(now - self.start)
         self._last_draw = now
-        self._drawn_count = self.count
+        self._drawn_state = (self.count, dict(self.fields))
         if self.tty:
+            columns = _terminal_columns(self.stream)
+            if columns is not None:
+                line = line[:columns - 1]  # the last column would wrap on some terminals
             padding = " " * max(0, self._width - len(line))
             self._width = len(line)
             self.stream.write(f"\r{line}{padding}")
@@ -126,7 +141,7 @@ class Progress:
         """The status line after ``elapsed`` seconds, e.g.
         ``train: 450/1000 step 45% | 12.3 step/s | 0:36 elapsed, ETA 0:44 | loss=3.21``."""
         head = f"{self.desc}: " if self.desc else ""
-        rate = self.count / elapsed if elapsed > 0 else 0.0
+        rate = (self.count - self.initial) / elapsed if elapsed > 0 else 0.0
         if self.total:
             parts = [f"{head}{_si(self.count)}/{_si(self.total)} {self.unit} {100 * self.count / self.total:.0f}%"]
         else:
@@ -139,6 +154,14 @@ class Progress:
         if self.fields:
             parts.append(" ".join(f"{key}={_value(value)}" for key, value in self.fields.items()))
         return " | ".join(parts)
+
+
+def _terminal_columns(stream: TextIO) -> int | None:
+    """The width of the terminal ``stream`` writes to, or None if that cannot be told."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _si(x: float) -> str:
