@@ -7,7 +7,10 @@ the data loader's position, the random state and the tokenizer's hash.
 Nothing is pickled, so a checkpoint from a stranger cannot run code.
 
 Files are written atomically by ``nn.state.save`` (temporary file, fsync,
-rename): a run killed while saving leaves the previous checkpoint intact.
+rename): a run killed while saving leaves the previous checkpoint intact. The
+same function stores a CRC-32 checksum of every tensor and of the metadata,
+which loading verifies: a byte damaged on disk is a CheckpointError naming the
+file and the tensor, never a silently different model.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Vocabulary.  Every token is a byte string; its id is its merge rank.  A trained
 vocabulary starts with the 256 single bytes in byte order (ids 0..255), so every
 string is encodable and there is no unknown token; merge i has id 256 + i; the
 special tokens (``<|endoftext|>``, ...) come after the last merge.  No two tokens
-have the same bytes.
+have the same bytes.  A vocabulary read from a tiktoken file may have gaps in its
+ids and may hold the empty byte string as a token; the GPT-2 and GPT-4 patterns
+never cut an empty chunk, so encoding never produces it, and it decodes to nothing.
 
 Encoding.  Text is first cut out around the allowed special tokens, the rest is
 split into chunks with the pre-tokenization regex, and each chunk is encoded on its
@@ -23,28 +25,28 @@ pure Python:
 Files.  ``save``/``load`` use our own versioned text format (see ``save``).
 ``to_tiktoken_ranks``/``from_tiktoken`` convert to and from tiktoken's
 ``{token_bytes: rank}`` form, and ``save_tiktoken``/``load_tiktoken`` read and write
-tiktoken's ``.tiktoken`` vocabulary files (one ``base64(token) rank`` per line).
+tiktoken's ``.tiktoken`` vocabulary files (one ``base64(token) rank`` per line);
+``load_tiktoken_ranks`` reads such a file exactly as tiktoken's ``load_tiktoken_bpe``.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import gc
 import heapq
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
 from tokenizer.patterns import GPT4_PATTERN, compile_pattern, replace_lone_surrogates, resolve_pattern
 from tokenizer.train import count_chunks, learn_merges, special_token_regex
+from util.files import atomic_write_bytes
+from util.workers import WorkerPool, default_workers
 
 ENDOFTEXT = "<|endoftext|>"
 """The end-of-text special token, placed between documents."""
@@ -192,18 +194,18 @@ class Tokenizer:
         """``encode`` every text, in ``num_workers`` processes (default: one per CPU).
 
         Processes, not threads: the encoder is Python code, which threads cannot run
-        in parallel.  With ``num_workers`` of 1 (or one text) no process is started.
+        in parallel (``util.workers``; the tokenizer is sent to each process once).
+        Each process gets about eight chunks of texts.  With ``num_workers`` of 1 (or
+        one text) no process is started.
         """
         texts = list(texts)
         if num_workers is None:
-            num_workers = os.cpu_count() or 1
-        if num_workers <= 1 or len(texts) <= 1:
-            return [self.encode(t, allowed_special, disallowed_special) for t in texts]
-        job = functools.partial(_encode_in_worker, allowed_special=allowed_special,
-                                disallowed_special=disallowed_special)
-        chunksize = max(1, len(texts) // (num_workers * 8))
-        with ProcessPoolExecutor(num_workers, initializer=_init_worker, initargs=(self,)) as pool:
-            return list(pool.map(job, texts, chunksize=chunksize))
+            num_workers = default_workers()
+        workers = num_workers if len(texts) > 1 else 1
+        encode = functools.partial(self.encode, allowed_special=allowed_special,
+                                   disallowed_special=disallowed_special)
+        with WorkerPool(encode, workers) as pool:
+            return list(pool.map(texts, chunk_size=max(1, len(texts) // (workers * 8))))
 
     def _encode_with_specials(self, text: str, allowed: frozenset[str]) -> list[int]:
         """Encode the text between allowed special tokens; emit each special's id."""
@@ -298,28 +300,24 @@ class Tokenizer:
         """Write the ordinary tokens as a ``.tiktoken`` file (``base64(bytes) rank`` lines).
 
         That format holds neither the pattern nor the special tokens; pass them to
-        ``load_tiktoken`` or ``tiktoken.Encoding`` yourself.
+        ``load_tiktoken`` or ``tiktoken.Encoding`` yourself.  The empty token is
+        written as ``=``: its base64 is empty, and a line with an empty first field
+        would not load (in tiktoken either).
         """
-        lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n"
+        lines = (f"{base64.b64encode(token).decode('ascii') or '='} {rank}\n"
                  for token, rank in sorted(self._ranks.items(), key=lambda item: item[1]))
-        _atomic_write(path, "".join(lines))
+        atomic_write_bytes(path, "".join(lines).encode("utf-8"))
 
     @classmethod
     def load_tiktoken(cls, path: str | os.PathLike[str], pattern: str = GPT4_PATTERN,
                       special_tokens: Mapping[str, int] | None = None) -> Tokenizer:
-        """Read a ``.tiktoken`` vocabulary file (the format of ``cl100k_base.tiktoken``)."""
-        text = _read_text(path)
-        ranks: dict[bytes, int] = {}
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line:
-                continue
-            try:
-                token_b64, rank_text = line.split()
-                token, rank = base64.b64decode(token_b64, validate=True), int(rank_text)
-            except (ValueError, binascii.Error):
-                raise TokenizerFileError(f"{path}: line {lineno} is not 'base64-token rank'") from None
-            if ranks.setdefault(token, rank) != rank:
-                raise TokenizerFileError(f"{path}: line {lineno} repeats the bytes of token {ranks[token]}")
+        """Read a ``.tiktoken`` vocabulary file (the format of ``cl100k_base.tiktoken``).
+
+        The file is read by ``load_tiktoken_ranks``, which accepts what tiktoken
+        accepts.  A vocabulary that no tokenizer can use (a single byte missing,
+        two tokens with one id, a negative id) is a ``TokenizerFileError`` too.
+        """
+        ranks = load_tiktoken_ranks(path)
         try:
             return cls.from_tiktoken(ranks, pattern, special_tokens)
         except ValueError as exc:
@@ -353,7 +351,7 @@ class Tokenizer:
         lines += [f"{rank} {_escape_bytes(token)}"
                   for token, rank in sorted(self._ranks.items(), key=lambda item: item[1])]
         lines.append("end")
-        _atomic_write(path, "\n".join(lines) + "\n")
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
@@ -387,8 +385,8 @@ class Tokenizer:
                                      f"(expected {n} tokens and an 'end' line)")
         ranks: dict[bytes, int] = {}
         for lineno, line in enumerate(body, 3):
-            rank_text, _, escaped = line.partition(" ")
             try:
+                rank_text, escaped = line.split(" ", 1)
                 token, rank = _unescape_bytes(escaped), int(rank_text)
             except ValueError:
                 raise TokenizerFileError(f"{path}: line {lineno} is not 'id token-bytes'") from None
@@ -497,10 +495,11 @@ def _validate_vocabulary(ranks: Mapping[bytes, int], specials: Mapping[str, int]
 
     Every single byte must be a token (so every string is encodable); ids must be
     non-negative and distinct across ordinary and special tokens; no two tokens may
-    have the same bytes (else decoding would be ambiguous).
+    have the same bytes (else decoding would be ambiguous).  The empty byte string
+    may be a token, as tiktoken allows.
     """
     for token, rank in ranks.items():
-        if not isinstance(token, bytes) or not token or not isinstance(rank, int) or rank < 0:
+        if not isinstance(token, bytes) or not isinstance(rank, int) or rank < 0:
             raise ValueError(f"bad vocabulary entry {token!r}: {rank!r}")
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
@@ -537,9 +536,34 @@ def _unescape_bytes(text: str) -> bytes:
             i += 1
         else:
             raise ValueError(f"unexpected character in {text!r}")
-    if not out:
-        raise ValueError("empty token")
     return bytes(out)
+
+
+def load_tiktoken_ranks(path: str | os.PathLike[str]) -> dict[bytes, int]:
+    """Read a ``.tiktoken`` file into ``{token_bytes: rank}`` exactly as tiktoken's ``load_tiktoken_bpe`` does.
+
+    The file is bytes, not text.  Every line (ended by ``\\n``, ``\\r\\n`` or
+    ``\\r``) that is not empty must split at ASCII whitespace into two fields: the
+    token's base64 and its rank.  The base64 is decoded leniently, as tiktoken
+    does: characters outside its alphabet are skipped and padding alone decodes
+    to nothing, so the line ``= 5`` is the empty token with rank 5 (the strict
+    base64 of the empty token is empty, and the line `` 5`` has one field only,
+    which tiktoken rejects).  The rank is Python's ``int()`` of the field, so
+    ``+5`` and ``1_000`` are ranks too (whether a rank is usable is the
+    ``Tokenizer``'s business).  A later line with the same bytes replaces the rank
+    of the earlier one.  Any other line (one of spaces only, say) is a
+    ``TokenizerFileError`` naming its number.
+    """
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(Path(path).read_bytes().splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token_b64, rank_text = line.split()
+            ranks[base64.b64decode(token_b64)] = int(rank_text)
+        except ValueError:  # from the unpacking, int(), or b64decode (binascii.Error is a ValueError)
+            raise TokenizerFileError(f"{path}: line {lineno} is not 'base64-token rank'") from None
+    return ranks
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
@@ -550,43 +574,5 @@ def _read_text(path: str | os.PathLike[str]) -> str:
         raise TokenizerFileError(f"{path}: not a text file (invalid UTF-8)") from None
 
 
-def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a synced temporary file and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (mkstemp creates 0600 files; the final file should get 0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _stderr_is_tty() -> bool:
     return sys.stderr.isatty()
-
-
-# ---------------------------------------------------------------------- encode_batch workers
-
-_WORKER_STATE: dict[str, Tokenizer] = {}
-
-
-def _init_worker(tokenizer: Tokenizer) -> None:
-    """Process-pool initializer: receive the tokenizer once per worker."""
-    _WORKER_STATE["tokenizer"] = tokenizer
-
-
-def _encode_in_worker(text: str, allowed_special: AllowedSpecial,
-                      disallowed_special: AllowedSpecial) -> list[int]:
-    return _WORKER_STATE["tokenizer"].encode(text, allowed_special, disallowed_special)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -9,7 +15,7 @@ import safetensors.torch
 import torch
 
 import nn
-from nn.state import StateFileError, load, load_metadata, save
+from nn.state import CHECKSUMS_KEY, StateFileError, load, load_metadata, save
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -109,3 +115,111 @@ def test_bad_files_raise_one_state_file_error_naming_the_path(tmp_path, reader):
             reader(path)
         assert str(path) in str(info.value), kind
         assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------- checksums
+
+
+def _header(path) -> tuple[int, dict]:
+    """Where the tensor data starts in a safetensors file, and its parsed JSON header."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    return 8 + size, json.loads(data[8:8 + size])
+
+
+def _replace_once(path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert data.count(old) == 1 and len(old) == len(new)
+    path.write_bytes(data.replace(old, new))
+
+
+def test_checksums_are_stored_in_the_metadata_and_kept_out_of_its_result(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save(path, _arrays(), metadata={"step": "100"})
+    stored = safetensors.safe_open(path, framework="np").metadata()
+    record = json.loads(stored[CHECKSUMS_KEY])
+    assert record["algorithm"] == "crc32" and set(record["tensors"]) == set(_arrays())
+    assert load_metadata(path) == {"step": "100"}
+    with pytest.raises(ValueError, match="reserved"):
+        save(path, _arrays(), metadata={CHECKSUMS_KEY: "{}"})
+
+
+@pytest.mark.parametrize("name", sorted(n for n, a in _arrays().items() if a.size))
+def test_a_damaged_byte_in_a_tensor_is_an_error_naming_the_file_and_the_tensor(tmp_path, name):
+    path = tmp_path / "ckpt.safetensors"
+    save(path, _arrays(), metadata={"step": "100"})
+    start, header = _header(path)
+    begin, end = header[name]["data_offsets"]
+    data = bytearray(path.read_bytes())
+    data[start + (begin + end) // 2] ^= 0x10  # one bit of one byte: still a valid number
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateFileError) as info:
+        load(path)
+    assert str(info.value) == f"{path}: tensor {name!r} is damaged (its CRC-32 checksum does not match)"
+    assert load_metadata(path) == {"step": "100"}  # the header is intact
+    assert set(load(path, verify=False)) == set(_arrays())
+
+
+def test_a_damaged_metadata_value_is_an_error(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    save(path, {"x": np.ones(3)}, metadata={"step": "100", "config": '{"n_layer": 12}'})
+    _replace_once(path, b"12", b"13")
+    for reader in (load, load_metadata):
+        with pytest.raises(StateFileError, match=f"^{path}: the metadata is damaged"):
+            reader(path)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    (b'"F32"', b'"I32"', "tensor 'weights' is damaged"),  # same size, another dtype
+    (b'"weights"', b'"weighty"', "tensor 'weighty' has no checksum"),
+    (b"algorithm", b"algorithx", "the checksum record in the metadata is damaged"),
+])
+def test_a_damaged_header_is_an_error(tmp_path, old, new, message):
+    path = tmp_path / "ckpt.safetensors"
+    save(path, {"weights": np.ones((2, 3), np.float32), "steps": np.arange(3)})
+    _replace_once(path, old, new)
+    with pytest.raises(StateFileError, match=f"^{path}: {message}"):
+        load(path)
+
+
+def test_files_without_checksums_still_load(tmp_path):
+    """Files written before checksums existed, or by other tools, have none: nothing to check."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in _arrays().items()}
+    path = tmp_path / "old.safetensors"
+    safetensors.numpy.save_file(arrays, path, metadata={"step": "7"})
+    assert load_metadata(path) == {"step": "7"}
+    loaded = load(path)
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(loaded[name].numpy(), array, err_msg=name)
+
+
+def test_big_endian_arrays_round_trip_with_their_checksums(tmp_path):
+    path = tmp_path / "be.safetensors"
+    big = np.arange(6, dtype=">f4").reshape(2, 3)
+    save(path, {"big": big})
+    np.testing.assert_array_equal(load(path)["big"].numpy(), big)
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A real 1 MiB tmpfs mounted for the test (needs root), unmounted after."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_an_os_error_naming_the_file(tiny_disk):
+    path = tiny_disk / "ckpt.safetensors"
+    save(path, {"x": np.arange(4.0)})
+    before = path.read_bytes()
+    with pytest.raises(OSError) as info:
+        save(path, {"x": np.zeros(1 << 18)})  # 2 MiB of float64
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert str(info.value) == f"[Errno 28] No space left on device: '{path}'"
+    assert path.read_bytes() == before
+    assert [p.name for p in tiny_disk.iterdir()] == ["ckpt.safetensors"]
