@@ -147,10 +147,10 @@ def _weights_sum(arrays: Any) -> float:
 def _ours_worker(args: argparse.Namespace, channel: _Channel, progress_stream: Any) -> None:
     import nn
     from nn import optim
-    from tinygrad_llm.train import Trainer
+    from tinygrad_llm.train import Trainer, pretraining
 
     fields, config = _train_config(args)
-    trainer = Trainer(fields, config, stream=progress_stream)
+    trainer = pretraining(fields, config, stream=progress_stream)
     block = _Block()
     loader_next = trainer.loader.next_batch
 
@@ -209,7 +209,7 @@ def _torch_worker(args: argparse.Namespace, channel: _Channel, progress_stream: 
     import nn
     from tinygrad_llm.data.loader import BatchLoader, TokenShards, eval_windows
     from tinygrad_llm.model import GPT, GPTConfig
-    from tinygrad_llm.progress import Progress
+    from util.progress import Progress
 
     sys.path.insert(0, str(ROOT / "tests" / "tinygrad_llm"))
     from torch_gpt import TorchGPT, copy_weights
@@ -397,7 +397,7 @@ def _resolve_data(args: argparse.Namespace) -> tuple[str, str]:
     full = ROOT / "data" / "stdlib"
     if (full / "meta.json").exists():
         return str(full), "the full default corpus (data/stdlib)"
-    from tinygrad_llm.data.shards import PrepareConfig, prepare
+    from tinygrad_llm.data.prepare import PrepareConfig, prepare
 
     cache = Path(tempfile.gettempdir()) / "tinygrad_llm_bench" / f"stdlib_{args.max_documents}docs"
     prepare(PrepareConfig(source="stdlib", out=cache, max_documents=args.max_documents))

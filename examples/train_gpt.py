@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable from a fresh clone without installing
 
-from tinygrad_llm.checkpoint import step_checkpoints  # noqa: E402
+from tinygrad_llm.checkpoint import latest_checkpoint, read_info  # noqa: E402
 from tinygrad_llm.cli import main as cli  # noqa: E402
 from tinygrad_llm.data.loader import TokenShards  # noqa: E402
 
@@ -45,8 +45,19 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def command_name() -> str:
+    """How to type the ``tinygrad-llm`` command from here: the venv's script (``make`` installs it), else the module."""
+    script = Path(sys.executable).parent / "tinygrad-llm"
+    if not script.exists():
+        return f"{sys.executable} -m tinygrad_llm"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def step(title: str, argv: list[str]) -> None:
-    print(f"\n=== {title}: tinygrad-llm {' '.join(argv)}", flush=True)
+    print(f"\n=== {title}: {command_name()} {' '.join(argv)}", flush=True)
     status = cli(argv)
     if status != 0:
         sys.exit(status)
@@ -70,9 +81,12 @@ def main() -> None:
 
     train = ["train", "--data", data, "--preset", args.preset, "--time-budget", args.budget, "--out", out,
              "--device", args.device] + [f"--set={s}" for s in args.set]
-    if step_checkpoints(out):
-        train.append("--resume")
-    step("2/3 train", train)
+    latest = latest_checkpoint(out)
+    if latest is not None and read_info(latest).get("done"):
+        print(f"\n=== 2/3 train: {out} already holds a finished run; reusing it "
+              f"(extend it with: {command_name()} train --out {out} --resume --time-budget 5m)")
+    else:
+        step("2/3 train", train + (["--resume"] if latest is not None else []))
 
     for prompt in PROMPTS[: args.samples]:
         step("3/3 generate", ["generate", "--checkpoint", out, "--prompt", prompt, "--max-new-tokens", "120",
@@ -87,7 +101,8 @@ def main() -> None:
     print(f"checkpoints: {out}/ (best.safetensors, ckpt_*.safetensors)")
     print(f"metrics log: {out}/log.jsonl")
     print(f"loss curve:  {out}/loss.png")
-    print(f"try:         tinygrad-llm generate --checkpoint {out} --prompt 'def parse('")
+    print(f"try:         {command_name()} generate --checkpoint {out} --prompt 'def parse('")
+    print("             (or `source .venv/bin/activate` once, then plain `tinygrad-llm ...`)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ temporary file and renamed, so they are never left half-written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -23,12 +25,12 @@ from typing import NoReturn
 
 from tinygrad_llm.checkpoint import CheckpointError
 from tinygrad_llm.data import DataError
-from tinygrad_llm.files import atomic_write, atomic_write_bytes
 from tinygrad_llm.generate import PromptError
 from tinygrad_llm.model import PRESETS, ConfigError
 from tinygrad_llm.train import TrainingError
 from tokenizer import Tokenizer, TokenizerFileError
 from tokenizer.patterns import PATTERNS, compile_pattern, resolve_pattern
+from util.files import atomic_write, atomic_write_bytes
 
 PROG = "tinygrad-llm"
 
@@ -44,7 +46,8 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors become one ``CLIError`` line, not usage + exit."""
 
     def error(self, message: str) -> NoReturn:
-        raise CLIError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix(PROG).strip()  # "train", "tokenizer train", or "" for the top level
+        raise CLIError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, status: int = 2) -> int:
+    """Print the one error line (under mpiexec: once for the whole job) and return ``status``."""
     from nn import distributed
 
-    if distributed.launched() and distributed.state().world_size > 1:
-        # The other processes may be waiting for this one in a collective: end them all, not just us.
-        distributed.abort(f"{PROG}: error: {message}", status)
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    line = f"{PROG}: error: {message}"
+    if distributed.launched():
+        distributed.fail(line, status)  # agrees with the other processes, or ends them all
+    else:
+        print(line, file=sys.stderr)
     return status
 
 
@@ -92,7 +97,7 @@ def _add_tokenizer_commands(commands: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="learn a BPE vocabulary from text files (default: the stdlib corpus)")
     p.add_argument("--output", "-o", required=True, type=Path, help="tokenizer file to write")
-    p.add_argument("--vocab-size", type=int, default=8192, help="tokens, special tokens included")
+    p.add_argument("--vocab-size", type=_vocab_size, default=8192, help="tokens, special tokens included (>= 257)")
     _add_corpus_options(p)
     p.add_argument("--special", action="append", default=None, metavar="TOKEN",
                    help="a special token (repeatable; default <|endoftext|>)")
@@ -126,8 +131,9 @@ def _add_tokenizer_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_corpus_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", "-i", type=Path, action="append", default=None, metavar="FILE",
-                   help="UTF-8 training text (repeatable; default: the stdlib corpus, train split)")
+    p.add_argument("--input", "-i", type=Path, action="append", default=None, metavar="PATH",
+                   help="UTF-8 training text: a file, a directory or a glob (repeatable; "
+                        "default: the stdlib corpus, train split)")
     p.add_argument("--pattern", default="gpt4",
                    help=f"split pattern: {' or '.join(PATTERNS)} (default gpt4) or a regex")
 
@@ -168,7 +174,11 @@ def _tokenizer_encode(args: argparse.Namespace) -> int:
     try:
         ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        found = [token for token in tok.special_tokens if token in text]
+        if not found:
+            raise CLIError(str(exc)) from None
+        raise CLIError(f"{args.input or 'stdin'}: the text contains the special token {found[0]!r}; pass "
+                       "--allow-special to encode it as that token") from None
     _write_output(args.output, (" ".join(map(str, ids)) + "\n").encode("ascii"))
     return 0
 
@@ -273,7 +283,7 @@ def _add_prepare_commands(commands: argparse._SubParsersAction) -> None:
                         "a text file or a .jsonl file (one {\"text\": ...} per line)")
     p.add_argument("--out", type=Path, default=Path("data/stdlib"), help="output directory (default data/stdlib)")
     vocab = p.add_mutually_exclusive_group()
-    vocab.add_argument("--vocab-size", type=_positive_int, default=None,
+    vocab.add_argument("--vocab-size", type=_vocab_size, default=None,
                        help="size of the tokenizer to train (default 4096)")
     vocab.add_argument("--tokenizer", type=Path, help="reuse this tokenizer file instead of training one")
     p.add_argument("--max-documents", type=_positive_int, metavar="N", help="read only the first N documents")
@@ -289,19 +299,50 @@ def _add_prepare_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_prepare)
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, minimum: int) -> int:
+    """An integer option of at least ``minimum``, or one clear argparse error."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _vocab_size(text: str) -> int:
+    return _integer(text, 257)  # 256 byte tokens + <|endoftext|>
+
+
+def _non_negative_float(text: str) -> float:
+    """A finite number >= 0 (``nan``, ``inf`` and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
     return value
 
 
 def _prepare(args: argparse.Namespace) -> int:
     from tinygrad_llm.data import DataError
-    from tinygrad_llm.data.shards import PrepareConfig, prepare
+    from tinygrad_llm.data.prepare import PrepareConfig, prepare
 
     options = {"vocab_size": args.vocab_size, "tokenizer": args.tokenizer, "shard_tokens": args.shard_tokens}
     try:
@@ -330,29 +371,35 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, e.g. --set lr=3e-4 --set n_layer=6 (repeatable)")
     p.add_argument("--out", help="run directory for checkpoints, log.jsonl and loss.png")
-    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps")
-    p.add_argument("--time-budget", help="training time, e.g. 600, 90s, 10m (sets the step count)")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (with --resume: the step to train to)")
+    p.add_argument("--time-budget", help="wall-clock time for the whole run, e.g. 600, 90s, 10m "
+                                         "(with --resume: this much more)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="BLAS threads (default: the cores that other programs leave free, re-checked as it runs)")
     p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint; with a new --max-steps or "
+                        "--time-budget, extend a finished run")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("--checkpoint", "-c", required=True, type=Path,
                    help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
     p.add_argument("--prompt", "-p", default=None, help="text to continue (default: read stdin)")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=200)
-    p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--max-new-tokens", "-n", type=_positive_int, default=200)
+    p.add_argument("--temperature", "-t", type=_non_negative_float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=_non_negative_int, default=50, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling threshold in (0, 1] (1 = off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh each run)")
+    p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed (default: fresh each run)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     p.set_defaults(func=_generate)
 
 
 def _train(args: argparse.Namespace) -> int:
     from tinygrad_llm.checkpoint import latest_checkpoint, read_info
-    from tinygrad_llm.train import TrainConfig, Trainer, parse_duration, resolve_config
+    from tinygrad_llm.train import TrainConfig, parse_duration, pretraining, resolve_config
+    from tinygrad_llm.train.loop import process_start
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     resume_from = None
@@ -363,16 +410,25 @@ def _train(args: argparse.Namespace) -> int:
             raise CLIError(f"{out}: no checkpoint to resume from")
         resume_from = read_info(latest)
     model_fields, config = resolve_config(args.preset, args.config, args.set, resume_from, data=args.data,
-                                          out_dir=args.out, max_steps=args.max_steps, time_budget=budget,
-                                          device=args.device)
+                                          out_dir=args.out, threads=args.threads, device=args.device,
+                                          max_steps=args.max_steps, time_budget=budget)
+    if args.resume and (args.max_steps is not None or budget is not None):
+        # A new plan replaces the saved one whole: --max-steps alone drops the old budget, and the reverse.
+        config = dataclasses.replace(config, max_steps=args.max_steps, time_budget=budget)
     if not Path(config.data).is_dir():
         raise CLIError(f"{config.data}: no prepared data here; run `tinygrad-llm prepare --out {config.data}` first")
-    trainer = Trainer(model_fields, config, resume=args.resume)
+    # Run as the program, the budget counts from the process's start (imports too); called by another
+    # program (examples/train_gpt.py, tests), it counts from this call.
+    entry = getattr(sys.modules["__main__"], "__spec__", None)
+    as_program = Path(sys.argv[0]).name == PROG or getattr(entry, "name", "") == "tinygrad_llm.__main__"
+    trainer = pretraining(model_fields, config, resume=args.resume, started=process_start() if as_program else None)
     summary = trainer.fit()
     if trainer.is_main:
-        print(f"{summary['status']} at step {summary['step']}/{summary['max_steps']} in {summary['seconds']:.0f}s; "
-              f"best validation loss {summary['best_val_loss']:.4f}; checkpoint {summary['checkpoint']}",
-              file=sys.stderr)
+        best = summary["best_val_loss"]
+        best_text = "no validation yet" if best is None else f"best validation loss {best:.4f}"
+        planned = f"/{summary['max_steps']}" if summary["max_steps"] is not None else ""
+        print(f"{summary['status']} at step {summary['step']}{planned} in {summary['seconds']:.0f}s; {best_text}; "
+              f"checkpoint {summary['checkpoint']}", file=sys.stderr)
     return 130 if summary["status"] == "interrupted" else 0
 
 
@@ -380,8 +436,8 @@ def _generate(args: argparse.Namespace) -> int:
     from tinygrad_llm.checkpoint import load_model
     from tinygrad_llm.generate import SamplingConfig, generate_text
 
-    if args.max_new_tokens <= 0:
-        raise CLIError(f"--max-new-tokens must be positive, not {args.max_new_tokens}")
+    if any(stop == "" for stop in args.stop):
+        raise CLIError("--stop needs a non-empty text (an empty one would stop before the first token)")
     try:
         sampling = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
@@ -407,15 +463,25 @@ def _checked_pattern(pattern: str) -> str:
 
 
 def _training_texts(inputs: list[Path] | None) -> tuple[Iterable[str], str]:
-    """The training documents and a description: the given files, or the stdlib corpus."""
-    if inputs:
-        texts = [_read_utf8(path) for path in inputs]
-        if not any(texts):
-            raise CLIError("the training input is empty")
-        return texts, ", ".join(map(str, inputs))
-    from tinygrad_llm.data.sources import StdlibCorpus
+    """The training documents and a description: the given files, directories and globs, or the stdlib corpus.
 
-    return StdlibCorpus("train").texts(), "stdlib corpus, train split"
+    A directory or glob is read as ``prepare --source`` reads it (every visible
+    file, files that are not UTF-8 skipped); a file named on its own must be
+    UTF-8.
+    """
+    from tinygrad_llm.data.sources import StdlibCorpus, open_source
+
+    if not inputs:
+        return StdlibCorpus("train").texts(), "stdlib corpus, train split"
+    texts: list[str] = []
+    for path in inputs:
+        if path.is_file():
+            texts.append(_read_utf8(path))
+        else:
+            texts.extend(document.text for document in open_source(str(path)))
+    if not any(texts):
+        raise CLIError("the training input is empty")
+    return texts, ", ".join(map(str, inputs))
 
 
 def _read_utf8(path: Path) -> str:

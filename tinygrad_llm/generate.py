@@ -1,6 +1,8 @@
 """Text generation: sample one token at a time, with a KV cache.
 
-    for piece in generate_text(model, tokenizer, "def main(", max_new_tokens=100, temperature=0.8, top_k=50):
+    model, tokenizer = load_model("runs/small")          # tinygrad_llm.checkpoint
+    sampling = SamplingConfig(temperature=0.8, top_k=50)
+    for piece in generate_text(model, tokenizer, "def main(", max_new_tokens=100, sampling=sampling, seed=0):
         print(piece, end="", flush=True)
 
 Each step feeds only the newest token through the model; the keys and values

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,42 @@ from nn.layers import Dropout, Embedding, LayerNorm, Linear, ModuleList, RMSNorm
 from nn.module import Module
 from nn.tensor import Tensor
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "ConfigError", "estimate_mfu", "peak_flops"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "ConfigError", "check_field_types", "estimate_mfu"]
 
 
 class ConfigError(ValueError):
     """An unknown preset or field, or a value the model cannot be built with."""
+
+
+def check_field_types(config: Any) -> None:
+    """Check every field of the (frozen) dataclass ``config`` against its annotation, in place.
+
+    Values come from TOML files and ``--set key=value``, so ``lr=abc`` arrives as
+    the string ``"abc"``: it must fail here, in one line naming the field, not
+    later inside arithmetic. An ``int`` is accepted where a ``float`` is
+    declared (and stored as a float); ``True`` is not a number; a float must be
+    finite. Annotations may be ``X`` or ``X | None`` with X one of bool, int,
+    float, str.
+    """
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    for field, hint in typing.get_type_hints(type(config)).items():
+        if field not in {f.name for f in dataclasses.fields(config)}:
+            continue
+        value = getattr(config, field)
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if value is None and type(None) in allowed:
+            continue
+        kind = next(t for t in allowed if t is not type(None))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            object.__setattr__(config, field, value)
+        valid = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if valid and kind is float and not math.isfinite(value):
+            valid = False
+        if not valid:
+            optional = " (or omitted)" if type(None) in allowed else ""
+            finite = "a finite number" if kind is float else names[kind]
+            raise ConfigError(f"{field} must be {finite}{optional}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +92,7 @@ class GPTConfig:
     tensor_parallel: int = 1        # split each block's heads and MLP across this many processes (mpiexec)
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
                    "gelu_approximate": ("none", "tanh")}
         for field, allowed in choices.items():
@@ -346,32 +379,6 @@ class GPT(Module):
 
 
 # ---------------------------------------------------------------- model FLOPs utilisation
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-"""Dense bf16 tensor-core peaks from the vendor data sheets (the denominator nanoGPT and llm.c use)."""
-
-
-def peak_flops(device: str = "cpu", repeats: int = 5, size: int = 1024) -> float:
-    """The FLOP/s MFU is measured against.
-
-    On a GPU: the data-sheet bf16 peak of the named card. On the CPU there is no
-    data sheet to trust, so we measure: the best of ``repeats`` float32 matmuls
-    of ``size`` x ``size`` with the BLAS NumPy links to, i.e. what this machine's
-    cores actually reach on the kernel that dominates training.
-    """
-    if device.startswith("cuda"):
-        import cupy
-
-        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-        return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), GPU_PEAK_FLOPS["A100"])
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
 def estimate_mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float:
     """Model FLOPs utilisation: the fraction of ``peak`` FLOP/s that the model's own arithmetic used."""
     return flops_per_token * tokens_per_second / peak

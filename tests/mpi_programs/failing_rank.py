@@ -12,7 +12,7 @@ import signal
 import sys
 
 from nn import distributed
-from tinygrad_llm.train import Trainer, resolve_config
+from tinygrad_llm.train import Trainer, pretraining, resolve_config
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     fields, config = resolve_config("tiny", overrides=["block_size=32", "batch_size=2", "eval_interval=100",
                                                        "warmup_steps=2"],
                                     data=data, out_dir=out, max_steps=1000)
-    trainer = Trainer(fields, config, stream=io.StringIO())
+    trainer = pretraining(fields, config, stream=io.StringIO())
     rank = distributed.state().rank
 
     def fail(t: Trainer) -> None:

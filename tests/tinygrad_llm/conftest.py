@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tinygrad_llm.data.shards import PrepareConfig, prepare
-from tinygrad_llm.train import TrainConfig, Trainer, resolve_config
+from tinygrad_llm.data.prepare import PrepareConfig, prepare
+from tinygrad_llm.train import TrainConfig, pretraining, resolve_config
 
 SLICE = 40
 VOCAB = 512
@@ -55,7 +55,7 @@ def trained_run(train_config: Callable[..., tuple[dict, TrainConfig]],
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 4-step run: ckpt_0000004.safetensors, best.safetensors, tokenizer.txt, log.jsonl, loss.png."""
     out = tmp_path_factory.mktemp("run") / "run"
-    Trainer(*train_config(out, max_steps=4), stream=io.StringIO()).fit()
+    pretraining(*train_config(out, max_steps=4), stream=io.StringIO()).fit()
     return out
 
 

@@ -89,6 +89,27 @@ def test_invalid_utf8_input(tmp_path, tok_file, capsys):
     assert "invalid UTF-8 (byte 0xff at offset 3)" in error_line(capsys)
 
 
+def test_train_reads_a_directory_as_prepare_does(tmp_path, capsys):
+    corpus = tmp_path / "texts"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.txt").write_text("the cat sat on the mat " * 50)
+    (corpus / "sub" / "b.txt").write_text("the dog sat on the log " * 50)
+    (corpus / "binary.bin").write_bytes(b"\xff\xfe" * 10)  # not UTF-8: skipped, as prepare skips it
+    out = tmp_path / "t.tok"
+    assert main(["tokenizer", "train", "-i", str(corpus), "-o", str(out), "--vocab-size", "270", "-q"]) == 0
+    tok = Tokenizer.load(out)
+    assert tok.vocab_size == 270
+    assert tok.decode(tok.encode("the dog sat on the mat")) == "the dog sat on the mat"
+    assert len(tok.encode("the dog sat")) < len("the dog sat")  # it learned merges from both files
+
+
+@pytest.mark.parametrize("option", [["tokenizer", "train", "-o", "x.tok", "--vocab-size", "0"],
+                                    ["prepare", "--vocab-size", "100"]])
+def test_a_vocabulary_below_257_names_the_real_minimum(capsys, option):
+    assert main(option) == 2
+    assert "--vocab-size: must be at least 257" in error_line(capsys)
+
+
 def test_unknown_option_and_missing_subcommand(capsys):
     assert main(["tokenizer", "train", "-o", "x.tok", "--bogus"]) == 2
     assert "unrecognized arguments: --bogus" in error_line(capsys)
@@ -108,7 +129,9 @@ def test_disallowed_special_in_input(tmp_path, tok_file, capsys):
     text = tmp_path / "special.txt"
     text.write_text("a <|endoftext|> b")
     assert main(["tokenizer", "encode", "-t", str(tok_file), "-i", str(text)]) == 2
-    assert "disallowed special token" in error_line(capsys)
+    line = error_line(capsys)
+    assert "the text contains the special token '<|endoftext|>'; pass --allow-special" in line
+    assert "pass it in allowed_special" not in line  # the Python API's keyword means nothing on the command line
     assert main(["tokenizer", "encode", "-t", str(tok_file), "-i", str(text), "--allow-special"]) == 0
     assert "299" in capsys.readouterr().out.split()
 

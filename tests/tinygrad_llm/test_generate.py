@@ -272,7 +272,8 @@ def test_generate_command_streams_a_continuation_of_the_prompt(trained_run, caps
 
 
 @pytest.mark.parametrize("option", [["--temperature", "-1"], ["--top-k", "-2"], ["--top-p", "0"], ["--top-p", "2"],
-                                    ["-n", "0"]])
+                                    ["-n", "0"], ["--seed", "-1"], ["-t", "nan"], ["-t", "inf"], ["--top-p", "nan"],
+                                    ["--seed", "x"], ["--stop", ""]])
 def test_generate_command_refuses_invalid_sampling_options(trained_run, capsys, option):
     status, out, err = generate(capsys, "-c", str(trained_run), "-p", "def ", *option)
     assert status == 2 and out == ""

@@ -21,9 +21,9 @@ import safetensors.numpy
 from tinygrad_llm.checkpoint import read_info, step_checkpoints
 from tinygrad_llm.cli import main
 from tinygrad_llm.data.loader import TokenShards
-from tinygrad_llm.data.shards import PrepareConfig, prepare
+from tinygrad_llm.data.prepare import PrepareConfig, prepare
 from tinygrad_llm.model import GPT
-from tinygrad_llm.train import Trainer
+from tinygrad_llm.train import Trainer, pretraining
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +98,8 @@ def test_prepare_train_resume_generate(tmp_path, capsys, fast_args):
 
     status, _, err = cli(capsys, "train", "--out", run, "--resume", "--max-steps", 8)  # --data from the checkpoint
     assert status == 0
-    assert "resumed from" in err and "ckpt_0000005.safetensors at step 5/8" in err and "finished at step 8/8" in err
+    assert "resumed from" in err and "ckpt_0000005.safetensors at step 5 (to step 5)" in err
+    assert "extending the run (to step 8)" in err and "finished at step 8/8" in err
     assert [step for step, _ in train_losses(run)] == list(range(1, 9))
     assert [step for step, _ in step_checkpoints(run)] == [5, 8]
     assert not [p.name for p in run.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -309,6 +310,17 @@ def test_train_refuses_to_overwrite_a_run(run_copy, capsys, fast_args, data_dir)
     (["--set", "max_steps=0"], "max_steps must be a positive integer"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--device", "cuda", "--max-steps", "2"], "training runs on the CPU only for now"),
+    (["--max-steps", "2", "--set", "lr=abc"], "lr must be a finite number, not 'abc'"),
+    (["--max-steps", "2", "--set", "dropout=abc"], "dropout must be a finite number, not 'abc'"),
+    (["--max-steps", "2", "--set", "seed=abc"], "seed must be an integer, not 'abc'"),
+    (["--max-steps", "2", "--set", "seed=-1"], "seed must not be negative"),
+    (["--max-steps", "2", "--set", "grad_clip=abc"], "grad_clip must be a finite number, not 'abc'"),
+    (["--max-steps", "2", "--set", "weight_decay=abc"], "weight_decay must be a finite number, not 'abc'"),
+    (["--max-steps", "2", "--set", "warmup_steps=-10"], "warmup_steps must not be negative"),
+    (["--max-steps", "2", "--set", "lr=nan"], "lr must be a finite number"),
+    (["--max-steps", "2", "--set", "batch_size=2.5"], "batch_size must be an integer"),
+    (["--max-steps", "2", "--set", "bias=1"], "bias must be true or false"),
+    (["--max-steps", "2", "--threads", "0"], "--threads: must be at least 1"),
 ])
 def test_bad_train_options(tmp_path, capsys, data_dir, options, named):
     status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--preset", "tiny", *options)
@@ -326,7 +338,62 @@ def test_unknown_key_in_a_config_file(tmp_path, capsys, data_dir):
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["generate", "-p", "x"], ["generate", "-c", "x", "--bogus"]])
 def test_unknown_command_or_option(capsys, argv):
-    one_error(*cli(capsys, *argv)[::2])
+    line = one_error(*cli(capsys, *argv)[::2])
+    assert line.count("tinygrad-llm") == 1  # not "tinygrad-llm: error: tinygrad-llm: ..."
+
+
+def test_an_option_error_names_the_subcommand_once(capsys):
+    line = one_error(*cli(capsys, "train", "--max-steps", "x")[::2])
+    assert line == "tinygrad-llm: error: train: argument --max-steps: not an integer: 'x'"
+
+
+# ---------------------------------------------------------------------- extending a finished run
+
+
+def test_a_finished_run_is_extended_by_steps(run_copy, capsys):
+    status, _, err = cli(capsys, "train", "--out", run_copy, "--resume")
+    one_error(status, err, "already finished its plan at step 4", "--max-steps")
+    status, _, err = cli(capsys, "train", "--out", run_copy, "--resume", "--max-steps", 7)
+    assert status == 0, err
+    assert "extending the run (to step 7): the schedule continues as if" in err and "finished at step 7/7" in err
+    steps = [step for step, _ in train_losses(run_copy)]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+    lrs = [r["lr"] for r in records(run_copy) if "lr" in r]
+    assert lrs[3] == pytest.approx(1e-4)  # the 4-step plan had decayed to its floor at its last step ...
+    assert lrs[4] > lrs[5] > lrs[6] == pytest.approx(1e-4)  # ... the 7-step one is half way down at step 5
+    status, _, err = cli(capsys, "train", "--out", run_copy, "--resume", "--max-steps", 7)
+    one_error(status, err, "already finished its plan at step 7")
+    status, _, err = cli(capsys, "train", "--out", run_copy, "--resume", "--max-steps", 3)
+    one_error(status, err, "--max-steps 3 is not beyond the checkpoint's step 7")
+
+
+def test_a_finished_run_is_extended_by_time(run_copy, capsys):
+    status, _, err = cli(capsys, "train", "--out", run_copy, "--resume", "--time-budget", "4s")
+    assert status == 0, err
+    assert "extending the run (within " in err and "4s from now)" in err and "time budget reached" in err, err
+    info = read_info(step_checkpoints(run_copy)[-1][1])
+    assert info["step"] > 4 and info["done"], err
+    assert info["plan"]["max_steps"] is None  # --time-budget alone drops the old step count
+    assert info["train_config"]["time_budget"] == info["plan"]["time_budget"]  # so --resume alone ...
+    status, _, err = cli(capsys, "train", "--out", run_copy, "--resume")
+    one_error(status, err, "already finished its plan")  # ... knows the run is done
+
+
+def test_an_early_ctrl_c_reports_no_best_loss_yet(tmp_path, capsys, fast_args, data_dir, monkeypatch, default_sigint):
+    ctrl_c_during_step(monkeypatch, 1)
+    status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--max-steps", 5, *fast_args)
+    assert status == 130
+    assert "interrupted at step 1" in err and "no validation yet" in err and "inf" not in err
+
+
+def test_mfu_is_measured_against_a_peak_that_load_cannot_lower(tmp_path, capsys, fast_args, data_dir):
+    status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--max-steps", 3,
+                         *fast_args)
+    assert status == 0 and "MFU against the CPU vector peak" in err
+    log = records(tmp_path / "run")
+    peak = [r for r in log if "peak_flops" in r]
+    assert len(peak) == 1 and peak[0]["peak_source"].startswith("CPU vector peak")
+    assert all(0 < r["mfu"] < 1 for r in log if "mfu" in r)
 
 
 @pytest.mark.parametrize(("prompt", "named"), [("x " * 200, "the model's context is 32"), ("", "the prompt is empty")])
@@ -348,7 +415,7 @@ def test_training_loss_falls_below_the_unigram_entropy(tmp_path, data_dir, train
 
     model_fields, config = train_config(tmp_path / "run", "batch_size=4", "lr=3e-3", "eval_interval=400",
                                        "checkpoint_interval=400", max_steps=400)
-    Trainer(model_fields, config, stream=io.StringIO()).fit()
+    pretraining(model_fields, config, stream=io.StringIO()).fit()
     log = records(tmp_path / "run")
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 400
