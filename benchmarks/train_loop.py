@@ -74,7 +74,7 @@ def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     return resolve_config(args.preset, data=args.data, out_dir=args.run_dir, batch_size=args.batch_size,
                           max_steps=args.steps, lr=args.lr, seed=args.seed, log_interval=args.log_interval,
                           eval_interval=args.steps, checkpoint_interval=args.steps,
-                          eval_batches=args.eval_batches, dtype="float32")
+                          eval_batches=args.eval_batches, dtype="float32", threads=args.threads)
 
 
 class _Block:
@@ -152,7 +152,7 @@ def _ours_worker(args: argparse.Namespace, channel: _Channel, progress_stream: A
     fields, config = _train_config(args)
     trainer = pretraining(fields, config, stream=progress_stream)
     block = _Block()
-    loader_next = trainer.loader.next_batch
+    loader_next = trainer.setup.batches.next_batch
 
     def next_batch() -> Any:
         start = time.perf_counter()
@@ -169,7 +169,7 @@ def _ours_worker(args: argparse.Namespace, channel: _Channel, progress_stream: A
         pending.update(loss=loss, grad_norm=norm)
         return loss, norm
 
-    trainer.loader.next_batch = next_batch
+    trainer.setup.batches.next_batch = next_batch
     trainer.train_step = recorded_train_step
     trainer.model.forward = _timed(block, "forward", trainer.model.forward)
     nn.Tensor.backward = _timed(block, "backward", nn.Tensor.backward)
@@ -179,7 +179,7 @@ def _ours_worker(args: argparse.Namespace, channel: _Channel, progress_stream: A
 
     channel.reply({"ready": True, "versions": _versions(), "parameters": trainer.model.num_parameters(),
                    "block_size": trainer.model_config.block_size, "vocab_size": trainer.model_config.vocab_size,
-                   "tokens_per_step": trainer.tokens_per_step, "warmup_lr_steps": trainer.warmup_steps,
+                   "tokens_per_step": trainer.setup.tokens_per_step, "warmup_lr_steps": config.warmup_steps,
                    "weights_sum": _weights_sum(p.numpy() for p in trainer.model.parameters()),
                    "optimizer": "nn.optim.AdamW", "model": "tinygrad_llm.model.GPT"})
     _, remaining = channel.command()
@@ -228,15 +228,15 @@ def _torch_worker(args: argparse.Namespace, channel: _Channel, progress_stream: 
     loader = BatchLoader(shards, c.batch_size, config.block_size, seed=c.seed)
     tokens_per_step = c.batch_size * config.block_size
     steps = c.max_steps
-    warmup = min(c.warmup_steps, max(steps // 10, 1))
+    warmup = c.warmup_steps
     min_lr = c.lr / 10 if c.min_lr is None else c.min_lr
 
     def lr_at(step: int) -> float:
-        """Linear warmup from lr/warmup, then half a cosine down to min_lr at the last step."""
-        if step < warmup:
-            return c.lr * (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / (steps - warmup))
-        return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (c.lr - min_lr)
+        """Half a cosine from lr to min_lr over the run (progress 0 at the first step, 1 at the last), times a
+        linear warmup that ends after ``warmup`` steps or a tenth of the run, whichever comes first."""
+        progress = min(1.0, step / (steps - 1))
+        warm = min(1.0, max((step + 1) / warmup, progress / 0.1)) if warmup > 0 else 1.0
+        return warm * (min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (c.lr - min_lr))
 
     log_path = Path(c.out_dir) / "log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
