@@ -57,7 +57,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, cpu_model
+from harness import THREAD_VARS, cpu_model, torch_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDITIONS = ("quiet", "busy")
@@ -66,7 +66,7 @@ SPIN = "while True: pass"
 FINAL_MARGIN_SECONDS = 1.0
 """Kept free at the end of the budget, as our trainer keeps it (``loop.FINAL_MARGIN_SECONDS``)."""
 WARMUP_FRACTION = 0.1
-"""Warmup ends at the latest a tenth of the way through the run, as in ``schedule.py``."""
+"""Warmup ends at the latest a tenth of the way through the run, as in ``nn.optim.learning_rate``."""
 
 
 # ---------------------------------------------------------------- worker: the PyTorch reference loop
@@ -75,27 +75,14 @@ def _torch_worker(args: argparse.Namespace) -> int:
     import threadpoolctl
     import torch
 
-    import nn
-    from tinygrad_llm.data.loader import BatchLoader, TokenShards, eval_windows
-    from tinygrad_llm.model import GPT, GPTConfig
+    from tinygrad_llm.data.loader import TokenShards, eval_windows
     from tinygrad_llm.train import resolve_config
     from util.progress import Progress
 
-    sys.path.insert(0, str(ROOT / "tests" / "tinygrad_llm"))
-    from torch_gpt import TorchGPT, copy_weights
-
     fields, c = resolve_config(args.preset, data=args.data, out_dir=args.run_dir, time_budget=args.budget)
-    shards = TokenShards(c.data, "train")
-    val_shards = TokenShards(c.data, "val")
-    config = GPTConfig.from_dict({**fields, "vocab_size": shards.vocab_size})
-    nn.manual_seed(c.seed)  # our trainer's initial weights: same seed, same model, copied across
-    model = copy_weights(GPT(config).to(c.dtype), TorchGPT(config))
-    model.train()
+    model, opt, loader, config, shards = torch_reference(fields, c)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": c.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
-    loader = BatchLoader(shards, c.batch_size, config.block_size, seed=c.seed)
+    val_shards = TokenShards(c.data, "val")
     tokens_per_step = c.batch_size * config.block_size
     min_lr = c.lr / 10 if c.min_lr is None else c.min_lr
     max_norm = c.grad_clip if c.grad_clip > 0 else math.inf

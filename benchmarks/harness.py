@@ -68,3 +68,34 @@ class PipeWorker:
         except BrokenPipeError:  # it died already; its exit status is what the caller's error names
             pass
         self.proc.wait()
+
+
+def torch_reference(fields: dict[str, Any], c: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """PyTorch's side of a training comparison: (model, AdamW, batch loader, GPTConfig, train shards).
+
+    The model is the PyTorch GPT of ``tests/tinygrad_llm/torch_gpt.py`` holding
+    the weights our trainer starts from (our GPT built with the same seed,
+    copied across); AdamW decays the matrices only, with ``c``'s (a
+    TrainConfig's) hyperparameters; the loader gives our trainer's batches.
+    """
+    import torch
+
+    import nn
+    from tinygrad_llm.data.loader import BatchLoader, TokenShards
+    from tinygrad_llm.model import GPT, GPTConfig
+
+    sys.path.insert(0, str(ROOT / "tests" / "tinygrad_llm"))
+    from torch_gpt import TorchGPT, copy_weights
+
+    shards = TokenShards(c.data, "train")
+    config = GPTConfig.from_dict({**fields, "vocab_size": shards.vocab_size})
+    nn.manual_seed(c.seed)  # the trainer's initial weights: same seed, same model, copied across
+    model = copy_weights(GPT(config).to(c.dtype), TorchGPT(config))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": c.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
+    loader = BatchLoader(shards, c.batch_size, config.block_size, seed=c.seed)
+    return model, opt, loader, config, shards
+

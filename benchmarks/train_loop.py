@@ -60,7 +60,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, PipeWorker, cpu_model
+from harness import THREAD_VARS, PipeWorker, cpu_model, torch_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PHASES = ("forward", "backward", "optimizer")
@@ -206,26 +206,13 @@ def _ours_worker(args: argparse.Namespace, channel: _Channel, progress_stream: A
 def _torch_worker(args: argparse.Namespace, channel: _Channel, progress_stream: Any) -> None:
     import torch
 
-    import nn
-    from tinygrad_llm.data.loader import BatchLoader, TokenShards, eval_windows
-    from tinygrad_llm.model import GPT, GPTConfig
+    from tinygrad_llm.data.loader import TokenShards, eval_windows
     from util.progress import Progress
-
-    sys.path.insert(0, str(ROOT / "tests" / "tinygrad_llm"))
-    from torch_gpt import TorchGPT, copy_weights
 
     torch.set_num_threads(args.threads)
     fields, c = _train_config(args)
-    shards = TokenShards(c.data, "train")
-    config = GPTConfig.from_dict({**fields, "vocab_size": shards.vocab_size})
-    nn.manual_seed(c.seed)  # the Trainer's initial weights: same seed, same model, copied across
-    model = copy_weights(GPT(config).to(c.dtype), TorchGPT(config))
-    model.train()
+    model, opt, loader, config, shards = torch_reference(fields, c)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": c.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
-    loader = BatchLoader(shards, c.batch_size, config.block_size, seed=c.seed)
     tokens_per_step = c.batch_size * config.block_size
     steps = c.max_steps
     warmup = c.warmup_steps

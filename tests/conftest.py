@@ -32,3 +32,21 @@ def mpiexec() -> str:
             pytest.fail("mpiexec not found: `pip install mpi4py mpich` is part of the test extra")
         pytest.skip("mpiexec not found (pip install mpi4py mpich)")
     return path
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path):
+    """A real 1 MiB tmpfs (a disk that fills up), unmounted afterwards; skipped where mounting is not allowed."""
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    directory = tmp_path / "tmpfs"
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    yield directory
+    subprocess.run(["umount", str(directory)], check=True)
+

@@ -386,6 +386,14 @@ def test_an_early_ctrl_c_reports_no_best_loss_yet(tmp_path, capsys, fast_args, d
     assert "interrupted at step 1" in err and "no validation yet" in err and "inf" not in err
 
 
+def test_a_full_disk_while_training_is_one_line_naming_the_checkpoint(small_tmpfs, capsys, fast_args, data_dir):
+    run = small_tmpfs / "run"  # 1 MiB: the log fits, a checkpoint (weights and AdamW moments, ~1.6 MB) does not
+    status, _, err = cli(capsys, "train", "--data", data_dir, "--out", run, "--max-steps", 4, *fast_args)
+    line = one_error(status, err, "No space left on device", str(run / "best.safetensors"))
+    assert ".tmp" not in line  # the file the user asked for, not the hidden temporary one
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
 def test_mfu_is_measured_against_a_peak_that_load_cannot_lower(tmp_path, capsys, fast_args, data_dir):
     status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--max-steps", 3,
                          *fast_args)

@@ -98,21 +98,6 @@ def test_other_exceptions_pass_through_and_the_temporary_file_is_removed(tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-@pytest.fixture()
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs, unmounted afterwards; skipped where mounting is not allowed."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    directory = tmp_path / "tmpfs"
-    directory.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LIMIT}", "tmpfs", str(directory)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    yield directory
-    subprocess.run(["umount", str(directory)], check=True)
-
-
 def limit_file_size() -> None:
     """In the child: files may not grow past LIMIT, and exceeding it is an EFBIG error, not a signal."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))

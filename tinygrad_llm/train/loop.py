@@ -136,6 +136,7 @@ class Trainer:
         self._step_seconds = 0.0      # the last step's wall time: what the next one is expected to take
         self._eval_seconds = 0.0      # the last evaluation's
         self._save_seconds = 0.0      # the last checkpoint's
+        self._steps_here, self._loop_started = 0, 0.0  # steps taken by this process's loop, and when it began
         if resume:
             self._resume()
         elif step_checkpoints(self.files.path):
@@ -169,8 +170,9 @@ class Trainer:
                 self.evaluate()
             bad_steps = 0
             progress = self._progress()
-            window_start, window_tokens = time.monotonic(), 0
+            window_seconds, window_tokens = 0.0, 0  # training steps only: evaluations and saves are not in tokens/s
             try:
+                self._loop_started = time.monotonic()
                 status = self._stop_reason()
                 while status is None:
                     step_start = time.monotonic()
@@ -190,15 +192,16 @@ class Trainer:
                     self.optimizer.zero_grad()
                     self.step += 1
                     self._step_seconds = time.monotonic() - step_start
+                    self._steps_here += 1
                     window_tokens += self.setup.tokens_per_step
+                    window_seconds += self._step_seconds
                     if self.step % c.log_interval == 0 or self.step in (1, plan.max_steps):
-                        seconds = time.monotonic() - window_start
-                        tps = window_tokens / seconds if seconds > 0 else 0.0
+                        tps = window_tokens / window_seconds if window_seconds > 0 else 0.0
                         mfu = estimate_mfu(self.model.flops_per_token(), tps, peak)
                         self.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tps,
                                   "mfu": mfu, "threads": threads.threads, "time": time.time()})
                         progress.set_fields(loss=f"{loss:.3f}", **{"tok/s": f"{tps:,.0f}"}, mfu=f"{mfu:.1%}")
-                        window_start, window_tokens = time.monotonic(), 0
+                        window_seconds, window_tokens = 0.0, 0
                     progress.total = self._planned_steps()
                     progress.update(1)
                     if self.on_step is not None:
@@ -292,8 +295,10 @@ class Trainer:
         plan = self.state.plan
         estimate = plan.max_steps
         deadline = self._start_deadline()
-        if deadline is not None and self._step_seconds > 0:
-            by_time = self.step + 1 + max(0, int((deadline - self._elapsed()) / self._step_seconds))
+        if deadline is not None and self._steps_here:
+            # Wall time per step so far, evaluations included: steadier than the last step's time, for the ETA.
+            mean_step = (time.monotonic() - self._loop_started) / self._steps_here
+            by_time = self.step + 1 + max(0, int((deadline - self._elapsed()) / mean_step))
             estimate = by_time if estimate is None else min(estimate, by_time)
         return estimate
 
