@@ -85,8 +85,10 @@ def main() -> None:
     if latest is not None and read_info(latest).get("done"):
         print(f"\n=== 2/3 train: {out} already holds a finished run; reusing it "
               f"(extend it with: {command_name()} train --out {out} --resume --time-budget 5m)")
+    elif latest is not None:  # an interrupted run: continue its plan (a new --time-budget would extend it)
+        step("2/3 train", ["train", "--out", out, "--resume"])
     else:
-        step("2/3 train", train + (["--resume"] if latest is not None else []))
+        step("2/3 train", train)
 
     for prompt in PROMPTS[: args.samples]:
         step("3/3 generate", ["generate", "--checkpoint", out, "--prompt", prompt, "--max-new-tokens", "120",

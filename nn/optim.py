@@ -338,6 +338,8 @@ def learning_rate(schedule: str, progress: float, steps_done: int, *, max_lr: fl
     al. 2024) holds ``max_lr`` and falls linearly to ``min_lr`` over the last
     fifth.
     """
+    if not math.isfinite(progress):
+        raise ValueError(f"progress must be a finite number, not {progress}")
     p = min(max(progress, 0.0), 1.0)
     if schedule == "constant":
         shape = max_lr

@@ -15,7 +15,6 @@ file and the tensor, never a silently different model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from nn import state
 from nn.state import StateFileError
 from tinygrad_llm.model import GPT, GPTConfig
 from tokenizer import Tokenizer
+from util.files import file_sha256
 
 __all__ = ["FORMAT", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "step_checkpoints",
            "latest_checkpoint", "resolve_checkpoint", "read_info", "load_model", "TOKENIZER_FILE"]
@@ -148,10 +148,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:

@@ -356,9 +356,6 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- input and output
-
-
 # ---------------------------------------------------------------------- train and generate
 
 
@@ -399,7 +396,7 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from tinygrad_llm.checkpoint import latest_checkpoint, read_info
     from tinygrad_llm.train import TrainConfig, parse_duration, pretraining, resolve_config
-    from tinygrad_llm.train.loop import process_start
+    from tinygrad_llm.train.hardware import process_start
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     resume_from = None
@@ -412,7 +409,8 @@ def _train(args: argparse.Namespace) -> int:
     model_fields, config = resolve_config(args.preset, args.config, args.set, resume_from, data=args.data,
                                           out_dir=args.out, threads=args.threads, device=args.device,
                                           max_steps=args.max_steps, time_budget=budget)
-    if args.resume and (args.max_steps is not None or budget is not None):
+    replan = args.resume and (args.max_steps is not None or budget is not None)
+    if replan:
         # A new plan replaces the saved one whole: --max-steps alone drops the old budget, and the reverse.
         config = dataclasses.replace(config, max_steps=args.max_steps, time_budget=budget)
     if not Path(config.data).is_dir():
@@ -421,7 +419,8 @@ def _train(args: argparse.Namespace) -> int:
     # program (examples/train_gpt.py, tests), it counts from this call.
     entry = getattr(sys.modules["__main__"], "__spec__", None)
     as_program = Path(sys.argv[0]).name == PROG or getattr(entry, "name", "") == "tinygrad_llm.__main__"
-    trainer = pretraining(model_fields, config, resume=args.resume, started=process_start() if as_program else None)
+    trainer = pretraining(model_fields, config, resume=args.resume, replan=replan,
+                          started=process_start() if as_program else None)
     summary = trainer.fit()
     if trainer.is_main:
         best = summary["best_val_loss"]

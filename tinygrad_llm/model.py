@@ -57,7 +57,10 @@ def check_field_types(config: Any) -> None:
             continue
         kind = next(t for t in allowed if t is not type(None))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too large for a float: not a usable number either
+                raise ConfigError(f"{field} must be a finite number, not {value}") from None
             object.__setattr__(config, field, value)
         valid = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if valid and kind is float and not math.isfinite(value):

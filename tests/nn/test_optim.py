@@ -305,9 +305,11 @@ def test_wsd_holds_then_falls_over_the_last_fifth():
     assert lr == pytest.approx([1.0, 1.0, 0.6, 0.2])
 
 
-def test_an_unknown_schedule_names_the_valid_ones():
+def test_an_unknown_schedule_or_a_nan_progress_is_refused():
     with pytest.raises(ValueError, match="cosine, constant, wsd"):
         learning_rate("linear", 0.5, 0, max_lr=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        learning_rate("cosine", math.nan, 0, max_lr=1.0)
 
 
 def test_set_lr_sets_every_group():

@@ -21,7 +21,6 @@ from tinygrad_llm.checkpoint import (
     TOKENIZER_FILE,
     Checkpoint,
     CheckpointError,
-    file_sha256,
     load_checkpoint,
     load_model,
     read_info,
@@ -29,6 +28,7 @@ from tinygrad_llm.checkpoint import (
 )
 from tinygrad_llm.model import GPT, GPTConfig
 from tokenizer import Tokenizer
+from util.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -137,7 +137,7 @@ def test_resume_depends_on_the_saved_random_state_and_data_position(forget, unin
 
 
 def test_resume_may_extend_the_run(trained_run, run_copy, train_config):
-    trainer = pretraining(*train_config(run_copy, max_steps=6), resume=True, stream=io.StringIO())
+    trainer = pretraining(*train_config(run_copy, max_steps=6), resume=True, replan=True, stream=io.StringIO())
     assert (trainer.step, trainer.max_steps) == (4, 6)
     summary = trainer.fit()
     assert (summary["status"], summary["step"]) == ("finished", 6)
@@ -187,7 +187,7 @@ def fail_saving(stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(stage, run_copy, train_config, monkeypatch):
     before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     saved = load_checkpoint(run_copy / "ckpt_0000004.safetensors")
-    trainer = pretraining(*train_config(run_copy, max_steps=6), resume=True, stream=io.StringIO())
+    trainer = pretraining(*train_config(run_copy, max_steps=6), resume=True, replan=True, stream=io.StringIO())
     trainer.train_step()
     trainer.optimizer.step()
     trainer.step += 1
@@ -203,7 +203,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(stage, run_cop
     assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before  # nothing changed, no temporary left
     assert_same(load_checkpoint(run_copy / "ckpt_0000004.safetensors").model, saved.model)
     assert load_checkpoint(run_copy / "best.safetensors").info["step"] == 4
-    assert pretraining(*train_config(run_copy, max_steps=6), resume=True, stream=io.StringIO()).step == 4
+    assert pretraining(*train_config(run_copy, max_steps=6), resume=True, replan=True, stream=io.StringIO()).step == 4
 
     trainer.save()  # and once the disk is fine again, saving works
     assert load_checkpoint(run_copy / "ckpt_0000005.safetensors").info["step"] == 5

@@ -90,7 +90,7 @@ from tinygrad_llm.data.shards import (
 )
 from tinygrad_llm.data.sources import Document, Source, is_validation, open_source
 from tokenizer import ENDOFTEXT, Tokenizer, TokenizerFileError
-from util.files import atomic_write_bytes
+from util.files import atomic_write_bytes, file_sha256
 from util.progress import Progress
 from util.workers import WorkerPool, default_workers
 
@@ -473,8 +473,7 @@ def _fingerprint(config: PrepareConfig, source: Source, tokenizer_hash: str | No
 
 def _sha256_file(path: str | os.PathLike[str]) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:

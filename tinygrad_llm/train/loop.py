@@ -51,12 +51,12 @@ from nn import distributed, optim
 from tinygrad_llm.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, step_checkpoints
 from tinygrad_llm.model import GPT, ConfigError, estimate_mfu
 from tinygrad_llm.train.config import TrainConfig
-from tinygrad_llm.train.hardware import ThreadGovernor, peak_flops
+from tinygrad_llm.train.hardware import ThreadGovernor, available_cores, peak_flops, threads_from_environment
 from tinygrad_llm.train.plot import plot_losses
 from tinygrad_llm.train.run_state import Plan, RunDirectory, RunState
 from util.progress import Progress
 
-__all__ = ["Batches", "Setup", "Trainer", "TrainingError", "replica_seed"]
+__all__ = ["Batches", "Setup", "Trainer", "TrainingError", "replica_seed", "FINAL_MARGIN_SECONDS"]
 
 # Model fields that choose how the model is laid out in memory, not what it computes: a run may resume with others.
 _LAYOUT_FIELDS = ("checkpoint_activations", "tensor_parallel")
@@ -103,24 +103,14 @@ def replica_seed(seed: int, replica: int, step: int = 0) -> int:
     return int(np.random.SeedSequence([seed, replica, step]).generate_state(1)[0])
 
 
-def process_start() -> float:
-    """When this process started, on ``time.monotonic``'s clock (so a budget counts the start-up too)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return time.monotonic()
-    import os
-
-    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-    return time.monotonic() - max(0.0, age)
-
-
 class Trainer:
     """The loop over one :class:`Setup`, writing into the run directory ``config.out_dir``."""
 
-    def __init__(self, setup: Setup, config: TrainConfig, resume: bool = False, stream: TextIO | None = None,
-                 started: float | None = None) -> None:
+    def __init__(self, setup: Setup, config: TrainConfig, resume: bool = False, replan: bool = False,
+                 stream: TextIO | None = None, started: float | None = None) -> None:
+        """``resume``: continue the run in ``config.out_dir``. ``replan`` (with ``resume``): ``config.max_steps``
+        and ``config.time_budget`` (seconds from now on) replace the saved plan, to extend a run.
+        ``started``: when the budget's clock started (default: now)."""
         self.stream = sys.stderr if stream is None else stream  # looked up now, so a redirected stderr is honoured
         self.setup, self.config = setup, config
         self.model, self.optimizer = setup.model, setup.optimizer
@@ -134,11 +124,10 @@ class Trainer:
         self.last_eval: dict[str, float] | None = None
         self._stop_requested = False
         self._step_seconds = 0.0      # the last step's wall time: what the next one is expected to take
-        self._eval_seconds = 0.0      # the last evaluation's
-        self._save_seconds = 0.0      # the last checkpoint's
+        self._progress = 0.0          # the plan's progress, agreed by all processes at the last stop check
         self._steps_here, self._loop_started = 0, 0.0  # steps taken by this process's loop, and when it began
         if resume:
-            self._resume()
+            self._resume(replan)
         elif step_checkpoints(self.files.path):
             raise ConfigError(f"{self.files.path} already holds checkpoints; pass --resume to continue that run "
                               "or choose another --out")
@@ -164,12 +153,15 @@ class Trainer:
         """Train until the plan is done (or Ctrl-C, or the budget); returns a summary."""
         c, plan = self.config, self.state.plan
         self.files.path.mkdir(parents=True, exist_ok=True)
-        with ThreadGovernor(c.threads) as threads, self._ctrl_c_saves():
-            peak = self._describe(threads)
+        # Processes of one job on one machine share its cores; BLAS threads set in the environment are a choice.
+        hosts = self.parallel.world.all_gather_object(socket.gethostname())
+        share = max(1, available_cores() // hosts.count(socket.gethostname()))
+        with ThreadGovernor(c.threads or threads_from_environment(), cores=share) as threads, self._ctrl_c_saves():
+            peak = self._describe(threads, hosts)
             if self.step == 0:
                 self.evaluate()
             bad_steps = 0
-            progress = self._progress()
+            progress = self._progress_bar()
             window_seconds, window_tokens = 0.0, 0  # training steps only: evaluations and saves are not in tokens/s
             try:
                 self._loop_started = time.monotonic()
@@ -207,11 +199,10 @@ class Trainer:
                     if self.on_step is not None:
                         self.on_step(self)
                     status = self._stop_reason()
-                    if status in (None, "interrupted"):  # at the plan's end, the final ones follow the loop
-                        if self.step % c.eval_interval == 0:
-                            self.evaluate()
-                        if self.step % c.checkpoint_interval == 0:
-                            self.save()
+                    if status in (None, "interrupted") and self.step % c.eval_interval == 0:
+                        self.evaluate()  # (at the plan's end the final evaluation follows the loop)
+                    if status is None and self.step % c.checkpoint_interval == 0:
+                        self.save()
                     if threads.update():
                         self.say(f"machine load changed: now {threads.describe()}")
             finally:
@@ -253,9 +244,9 @@ class Trainer:
         return total_loss, float(norm)
 
     def learning_rate(self) -> float:
-        """The learning rate of the next step: the schedule at the plan's progress."""
+        """The learning rate of the next step: the schedule at the plan's progress (agreed in :meth:`_stop_reason`)."""
         c = self.config
-        return optim.learning_rate(c.schedule, self._progress_fraction(), self.step, max_lr=c.lr,
+        return optim.learning_rate(c.schedule, self._progress, self.step, max_lr=c.lr,
                              min_lr=c.lr / 10 if c.min_lr is None else c.min_lr, warmup_steps=c.warmup_steps)
 
     def request_stop(self) -> None:
@@ -271,12 +262,13 @@ class Trainer:
         """The plan's second by which the next step must start for the budget to hold (None: no budget).
 
         The budget must hold the step (as long as the last one took), the final
-        evaluation and checkpoint (as long as the last ones took) and a margin.
+        evaluation and the final checkpoints, a step one and maybe a new best
+        (as long as the last ones took; remembered across a resume) and a margin.
         """
         plan = self.state.plan
         if plan.time_budget is None:
             return None
-        reserve = self._eval_seconds + self._save_seconds + FINAL_MARGIN_SECONDS
+        reserve = self.state.eval_seconds + 2 * self.state.save_seconds + FINAL_MARGIN_SECONDS
         return plan.time_budget - reserve - self._step_seconds
 
     def _progress_fraction(self) -> float:
@@ -303,27 +295,36 @@ class Trainer:
         return estimate
 
     def _stop_reason(self) -> str | None:
-        """Why the loop ends before the next step, agreed by all processes (None: go on)."""
+        """Why the loop ends before the next step (None: go on), and the next step's progress.
+
+        Both are agreed by all processes (the maximum of each): if one stops,
+        all stop together, and every process uses the same learning rate, though
+        each measures its own clock. Progress never goes back.
+        """
         plan = self.state.plan
         deadline = self._start_deadline()
         flags = np.array([self._stop_requested, plan.max_steps is not None and self.step >= plan.max_steps,
-                          deadline is not None and self._elapsed() > deadline], dtype=np.float64)
-        self.parallel.world.all_reduce(flags, op="max")  # if one process stops, all stop together
+                          deadline is not None and self._elapsed() > deadline,
+                          max(self._progress, self._progress_fraction())], dtype=np.float64)
+        self.parallel.world.all_reduce(flags, op="max")
+        self._progress = float(flags[3])
         reasons = ("interrupted", "finished", "time budget reached")
-        return next((reason for reason, flag in zip(reasons, flags, strict=True) if flag), None)
+        return next((reason for reason, flag in zip(reasons, flags[:3], strict=True) if flag), None)
 
     # ------------------------------------------------------------ evaluation, messages, files
     def evaluate(self) -> dict[str, float]:
         """Validation metrics at this step, logged; a new best writes ``best.safetensors``."""
         start = time.monotonic()
         metrics = self.setup.validate()
-        self._eval_seconds = time.monotonic() - start
+        self.state.eval_seconds = time.monotonic() - start
         self.log({"step": self.step, **metrics, "time": time.time()})
         self.say(f"step {self.step}: val loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}, "
                  f"{metrics['val_bpb']:.3f} bits/byte")
         self.last_eval = {**metrics, "step": self.step}
         best = self.state.best_val_loss
-        if self.step > 0 and (best is None or metrics["val_loss"] < best):
+        is_best = self.step > 0 and (best is None or metrics["val_loss"] < best)
+        # Saving is collective: process 0's verdict decides for all, so a last-bit difference cannot split them.
+        if self.parallel.world.broadcast_object(is_best):
             self.state.best_val_loss = metrics["val_loss"]
             self.save(best=True)
         return metrics
@@ -352,10 +353,10 @@ class Trainer:
                                       self.setup.tokenizer_sha256)
             path = self.files.save(Checkpoint(model_state, info, optimizer_state), self.step, best,
                                    self.setup.tokenizer_path, self.setup.tokenizer_sha256)
-        self._save_seconds = time.monotonic() - start
+        self.state.save_seconds = time.monotonic() - start
         return path
 
-    def _resume(self) -> None:
+    def _resume(self, replan: bool) -> None:
         path = latest_checkpoint(self.files.path)
         if path is None:
             raise CheckpointError(f"{self.files.path}: no checkpoint to resume from")
@@ -388,20 +389,18 @@ class Trainer:
             if processes != self.parallel.world_size else ""
         self.state = state
         self.say(f"resumed from {path} at step {self.step}{self._plan_text()}{moved}")
-        self._extend_if_asked(path)
+        if replan:
+            self._extend(path)
+        elif self.state.done:
+            raise ConfigError(f"{path}: this run already finished its plan at step {self.step}; to train on, "
+                              "give --resume a larger --max-steps or a --time-budget")
 
-    def _extend_if_asked(self, path: Path) -> None:
-        """A step count or budget other than the saved plan's replaces it by a longer plan (see schedule.py)."""
-        c, plan = self.config, self.state.plan
-        if (c.max_steps, c.time_budget) == (plan.max_steps, plan.time_budget):
-            if self.state.done:
-                raise ConfigError(f"{path}: this run already finished its plan at step {self.step}; to train on, "
-                                  "give --resume a larger --max-steps or a new --time-budget")
-            return
+    def _extend(self, path: Path) -> None:
+        """Replace the plan by ``config``'s step count and budget (from now on): see ``run_state.Plan``."""
+        c = self.config
         if c.max_steps is not None and c.max_steps <= self.step:
             raise ConfigError(f"--max-steps {c.max_steps} is not beyond the checkpoint's step {self.step}")
-        # A budget on resume is time from now on; the plan counts time from the run's start.
-        budget = None if c.time_budget is None else self.state.elapsed + c.time_budget
+        budget = None if c.time_budget is None else self.state.elapsed + c.time_budget  # the plan counts from 0
         self.state.plan = Plan(max_steps=c.max_steps, time_budget=budget)
         self.config = dataclasses.replace(c, time_budget=budget)  # what the checkpoints will record
         self.state.done = False
@@ -416,12 +415,11 @@ class Trainer:
             parts.append(f"within {plan.time_budget:.0f}s" + (f", {left:.0f}s from now" if self.state.elapsed else ""))
         return f" ({' or '.join(parts)})" if parts else ""
 
-    def _describe(self, threads: ThreadGovernor) -> float:
-        """Say what is trained how, and return the peak FLOP/s of all processes' hardware (for MFU)."""
+    def _describe(self, threads: ThreadGovernor, hosts: list[str]) -> float:
+        """Say what is trained how; return the peak FLOP/s of the hardware of all processes (on ``hosts``)."""
         s = self.setup
         peak = peak_flops(self.config.device)
         # CPU processes on one machine share its cores; each GPU process has its own card.
-        hosts = self.parallel.world.all_gather_object(socket.gethostname())
         units = len(set(hosts)) if self.config.device == "cpu" else len(hosts)
         self.say(f"model: {self.model.num_parameters():,} parameters, {self.model_config.n_layer} layers, "
                  f"context {self.model_config.block_size}; {s.tokens_per_step:,} tokens per step "
@@ -431,7 +429,7 @@ class Trainer:
                   "threads": threads.threads, "time": time.time()})
         return peak.flops * units
 
-    def _progress(self) -> Progress:
+    def _progress_bar(self) -> Progress:
         """The progress bar (process 0 only draws; the others get one writing nowhere)."""
         import io
 

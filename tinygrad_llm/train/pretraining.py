@@ -19,20 +19,23 @@ import numpy as np
 
 import nn
 from nn import distributed, optim
-from tinygrad_llm.checkpoint import file_sha256
 from tinygrad_llm.data.loader import BatchLoader, TokenShards, eval_windows, read_meta
 from tinygrad_llm.model import GPT, ConfigError, GPTConfig
 from tinygrad_llm.train.config import TrainConfig
 from tinygrad_llm.train.loop import Setup, Trainer, replica_seed
 from tinygrad_llm.train.validate import validation_metrics
 from tokenizer import Tokenizer
+from util.files import file_sha256
 
 __all__ = ["pretraining"]
 
 
-def pretraining(model_fields: dict[str, Any], config: TrainConfig, resume: bool = False,
+def pretraining(model_fields: dict[str, Any], config: TrainConfig, resume: bool = False, replan: bool = False,
                 stream: TextIO | None = None, started: float | None = None) -> Trainer:
-    """A :class:`Trainer` for a GPT of ``model_fields`` on the token shards in ``config.data``."""
+    """A :class:`Trainer` for a GPT of ``model_fields`` on the token shards in ``config.data``.
+
+    ``resume``, ``replan``, ``stream`` and ``started`` are :class:`Trainer`'s.
+    """
     meta = read_meta(config.data)
     tokenizer_path = Path(config.data) / meta["tokenizer"]["file"]
     tokenizer = Tokenizer.load(tokenizer_path)
@@ -75,4 +78,4 @@ def pretraining(model_fields: dict[str, Any], config: TrainConfig, resume: bool 
     setup = Setup(model=model, optimizer=optimizer, batches=loader, validate=validate, parallel=parallel,
                   accum=total // tokens_per_micro, tokens_per_step=total, tokenizer_path=tokenizer_path,
                   tokenizer_sha256=file_sha256(tokenizer_path), ddp=ddp, title=f"GPT on {Path(config.data).name}")
-    return Trainer(setup, config, resume=resume, stream=stream, started=started)
+    return Trainer(setup, config, resume=resume, replan=replan, stream=stream, started=started)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinygrad_llm.checkpoint import TOKENIZER_FILE, Checkpoint, file_sha256, save_checkpoint, step_checkpoints
-from util.files import atomic_write
+from tinygrad_llm.checkpoint import TOKENIZER_FILE, Checkpoint, save_checkpoint, step_checkpoints
+from util.files import atomic_write, file_sha256
 
 __all__ = ["Plan", "RunState", "RunDirectory"]
 
@@ -76,6 +76,8 @@ class RunState:
     elapsed: float = 0.0                  # wall-clock seconds of every earlier process of the run
     best_val_loss: float | None = None
     done: bool = False                    # the plan ran to its end (steps or budget); False after Ctrl-C
+    eval_seconds: float = 0.0             # the last evaluation's and checkpoint's wall time: what the budget
+    save_seconds: float = 0.0             # keeps in reserve for the final ones
     loader: dict[str, Any] = field(default_factory=dict)
     rng_by_rank: list[dict] = field(default_factory=list)  # one random state per process
 
@@ -83,7 +85,8 @@ class RunState:
         """The checkpoint's info document (strict JSON: no infinities)."""
         return {"model_config": model_config, "train_config": train_config, "tokenizer_sha256": tokenizer_sha256,
                 "step": self.step, "plan": dataclasses.asdict(self.plan), "elapsed": self.elapsed,
-                "best_val_loss": self.best_val_loss, "done": self.done, "loader": self.loader,
+                "best_val_loss": self.best_val_loss, "done": self.done, "eval_seconds": self.eval_seconds,
+                "save_seconds": self.save_seconds, "loader": self.loader,
                 "rng_by_rank": self.rng_by_rank, "processes": len(self.rng_by_rank)}
 
     @classmethod
@@ -94,7 +97,8 @@ class RunState:
                                     "time_budget": info["train_config"].get("time_budget")}
         return cls(step=info["step"], plan=Plan(**plan), elapsed=info.get("elapsed", 0.0),
                    best_val_loss=None if best is None or not math.isfinite(best) else best,
-                   done=info.get("done", False), loader=info["loader"],
+                   done=info.get("done", False), eval_seconds=info.get("eval_seconds", 0.0),
+                   save_seconds=info.get("save_seconds", 0.0), loader=info["loader"],
                    rng_by_rank=info.get("rng_by_rank") or [info["rng"]])
 
 
