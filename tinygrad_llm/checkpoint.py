@@ -54,8 +54,9 @@ class Checkpoint:
 def _split_arrays(obj: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
     """Replace every array inside ``obj`` by a reference ``{"__array__": name}`` and collect it in ``arrays``."""
     if hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, np.generic):
-        arrays[prefix] = np.asarray(obj)
-        return {"__array__": prefix}
+        name = prefix.removesuffix("/")  # optim/state/2/exp_avg
+        arrays[name] = np.asarray(obj)
+        return {"__array__": name}
     if isinstance(obj, dict):
         return {str(k): _split_arrays(v, f"{prefix}{k}/", arrays) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -53,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand registered."""
     parser = _Parser(prog=PROG, description="A GPT toolkit built from scratch.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_tokenizer_commands(commands)
     _add_prepare_commands(commands)
     _add_train_commands(commands)
@@ -93,7 +93,7 @@ def _fail(message: str, status: int = 2) -> int:
 def _add_tokenizer_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``tinygrad-llm tokenizer train|encode|decode|stats``."""
     tok = commands.add_parser("tokenizer", help="train and use the BPE tokenizer")
-    sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
+    sub = tok.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="learn a BPE vocabulary from text files (default: the stdlib corpus)")
     p.add_argument("--output", "-o", required=True, type=Path, help="tokenizer file to write")
@@ -344,6 +344,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from tinygrad_llm.data import DataError
     from tinygrad_llm.data.prepare import PrepareConfig, prepare
 
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"{args.out}: not a directory (--out names the dataset's directory)")
     options = {"vocab_size": args.vocab_size, "tokenizer": args.tokenizer, "shard_tokens": args.shard_tokens}
     try:
         config = PrepareConfig(source=args.source, out=args.out, max_documents=args.max_documents,
@@ -367,7 +369,7 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML file: preset, [model] and [train] tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, e.g. --set lr=3e-4 --set n_layer=6 (repeatable)")
-    p.add_argument("--out", help="run directory for checkpoints, log.jsonl and loss.png")
+    p.add_argument("--out", help="run directory for checkpoints, log.jsonl and loss.png (default runs/<preset>)")
     p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (with --resume: the step to train to)")
     p.add_argument("--time-budget", help="wall-clock time for the whole run, e.g. 600, 90s, 10m "
                                          "(with --resume: this much more)")
@@ -395,19 +397,21 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from tinygrad_llm.checkpoint import latest_checkpoint, read_info
-    from tinygrad_llm.train import TrainConfig, parse_duration, pretraining, resolve_config
+    from tinygrad_llm.train import parse_duration, pretraining, resolve_config
     from tinygrad_llm.train.hardware import process_start
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     resume_from = None
+    out = args.out or f"runs/{args.preset or 'small'}"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CLIError(f"{out}: not a directory (--out names the run's directory)")
     if args.resume:
-        out = args.out or TrainConfig.out_dir
         latest = latest_checkpoint(out)
         if latest is None:
             raise CLIError(f"{out}: no checkpoint to resume from")
         resume_from = read_info(latest)
     model_fields, config = resolve_config(args.preset, args.config, args.set, resume_from, data=args.data,
-                                          out_dir=args.out, threads=args.threads, device=args.device,
+                                          out_dir=out, threads=args.threads, device=args.device,
                                           max_steps=args.max_steps, time_budget=budget)
     replan = args.resume and (args.max_steps is not None or budget is not None)
     if replan:
@@ -421,13 +425,7 @@ def _train(args: argparse.Namespace) -> int:
     as_program = Path(sys.argv[0]).name == PROG or getattr(entry, "name", "") == "tinygrad_llm.__main__"
     trainer = pretraining(model_fields, config, resume=args.resume, replan=replan,
                           started=process_start() if as_program else None)
-    summary = trainer.fit()
-    if trainer.is_main:
-        best = summary["best_val_loss"]
-        best_text = "no validation yet" if best is None else f"best validation loss {best:.4f}"
-        planned = f"/{summary['max_steps']}" if summary["max_steps"] is not None else ""
-        print(f"{summary['status']} at step {summary['step']}{planned} in {summary['seconds']:.0f}s; {best_text}; "
-              f"checkpoint {summary['checkpoint']}", file=sys.stderr)
+    summary = trainer.fit()  # its last line says how the run ended
     return 130 if summary["status"] == "interrupted" else 0
 
 
@@ -476,8 +474,12 @@ def _training_texts(inputs: list[Path] | None) -> tuple[Iterable[str], str]:
     for path in inputs:
         if path.is_file():
             texts.append(_read_utf8(path))
-        else:
-            texts.extend(document.text for document in open_source(str(path)))
+            continue
+        source = open_source(str(path))
+        texts.extend(document.text for document in source)
+        if source.skipped:
+            print(f"{PROG}: warning: {path}: {len(source.skipped)} file(s) not UTF-8, skipped "
+                  f"(e.g. {source.skipped[0]})", file=sys.stderr)
     if not any(texts):
         raise CLIError("the training input is empty")
     return texts, ", ".join(map(str, inputs))

@@ -97,6 +97,7 @@ def test_train_reads_a_directory_as_prepare_does(tmp_path, capsys):
     (corpus / "binary.bin").write_bytes(b"\xff\xfe" * 10)  # not UTF-8: skipped, as prepare skips it
     out = tmp_path / "t.tok"
     assert main(["tokenizer", "train", "-i", str(corpus), "-o", str(out), "--vocab-size", "270", "-q"]) == 0
+    assert "1 file(s) not UTF-8, skipped (e.g. binary.bin)" in capsys.readouterr().err
     tok = Tokenizer.load(out)
     assert tok.vocab_size == 270
     assert tok.decode(tok.encode("the dog sat on the mat")) == "the dog sat on the mat"

@@ -29,7 +29,9 @@ def test_the_main_job_trains_samples_and_reuses_a_finished_run(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "time budget reached" in first.stderr and "validation: loss" in first.stdout
     assert "tinygrad-llm generate --checkpoint" in first.stdout  # the command to type next ...
-    typed = first.stdout.split("try:", 1)[1].split("--checkpoint")[0].split()[0]
+    hint = [line for line in first.stdout.splitlines() if line.startswith("try:         ")]  # not a sample's try:
+    assert len(hint) == 1
+    typed = hint[0].split()[1]
     assert Path(tmp_path / typed).exists() or Path(typed).exists()  # ... names a program that exists
 
     second = run_example(*options, cwd=tmp_path)

@@ -98,8 +98,8 @@ def test_prepare_train_resume_generate(tmp_path, capsys, fast_args):
 
     status, _, err = cli(capsys, "train", "--out", run, "--resume", "--max-steps", 8)  # --data from the checkpoint
     assert status == 0
-    assert "resumed from" in err and "ckpt_0000005.safetensors at step 5 (to step 5)" in err
-    assert "extending the run (to step 8)" in err and "finished at step 8/8" in err
+    assert "resumed from" in err and "ckpt_0000005.safetensors at step 5" in err
+    assert "extending the run: to step 8;" in err and "finished at step 8/8" in err
     assert [step for step, _ in train_losses(run)] == list(range(1, 9))
     assert [step for step, _ in step_checkpoints(run)] == [5, 8]
     assert not [p.name for p in run.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -321,6 +321,7 @@ def test_train_refuses_to_overwrite_a_run(run_copy, capsys, fast_args, data_dir)
     (["--max-steps", "2", "--set", "batch_size=2.5"], "batch_size must be an integer"),
     (["--max-steps", "2", "--set", "bias=1"], "bias must be true or false"),
     (["--max-steps", "2", "--threads", "0"], "--threads: must be at least 1"),
+    (["--max-steps", "2", "--set", "vocab_size=100"], "vocab_size comes from the data's tokenizer"),
     (["--max-steps", "2", "--set", "lr=1" + "0" * 400], "lr must be a finite number"),
     (["--max-steps", "2", "--set", "min_lr=0.1", "--set", "lr=0.01"], "min_lr (0.1) must not exceed lr (0.01)"),
 ])
@@ -357,7 +358,7 @@ def test_a_finished_run_is_extended_by_steps(run_copy, capsys):
     one_error(status, err, "already finished its plan at step 4", "--max-steps")
     status, _, err = cli(capsys, "train", "--out", run_copy, "--resume", "--max-steps", 7)
     assert status == 0, err
-    assert "extending the run (to step 7): the schedule continues as if" in err and "finished at step 7/7" in err
+    assert "extending the run: to step 7; the schedule continues as if" in err and "finished at step 7/7" in err
     steps = [step for step, _ in train_losses(run_copy)]
     assert steps == [1, 2, 3, 4, 5, 6, 7]
     lrs = [r["lr"] for r in records(run_copy) if "lr" in r]
@@ -374,7 +375,8 @@ def test_a_finished_run_is_extended_by_steps(run_copy, capsys):
 def test_a_finished_run_is_extended_by_time(run_copy, capsys):
     status, _, err = cli(capsys, "train", "--out", run_copy, "--resume", "--time-budget", "4s")
     assert status == 0, err
-    assert "extending the run (within " in err and "4s from now)" in err and "time budget reached" in err, err
+    assert "extending the run: for " in err and "s of wall-clock time (4s left)" in err, err
+    assert "time budget reached" in err, err
     info = read_info(step_checkpoints(run_copy)[-1][1])
     assert info["step"] >= 4 and info["done"], err  # how many steps fit is test_budget.py's business
     assert info["plan"]["max_steps"] is None  # --time-budget alone drops the old step count
@@ -388,6 +390,27 @@ def test_an_early_ctrl_c_reports_no_best_loss_yet(tmp_path, capsys, fast_args, d
     status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--max-steps", 5, *fast_args)
     assert status == 130
     assert "interrupted at step 1" in err and "no validation yet" in err and "inf" not in err
+
+
+def test_out_is_a_directory_named_after_the_preset_by_default(tmp_path, capsys, fast_args, data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a run")
+    one_error(*cli(capsys, "train", "--data", data_dir, "--out", "afile", "--max-steps", 2, *fast_args)[::2],
+              "afile: not a directory")
+    status, _, err = cli(capsys, "train", "--data", data_dir, "--max-steps", 2, *fast_args)
+    assert status == 0, err
+    assert (tmp_path / "runs" / "tiny" / "ckpt_0000002.safetensors").exists()
+    assert err.count("finished at step 2/2") == 1  # one closing line, not the trainer's and the command's
+
+
+def test_a_fresh_run_replaces_the_log_of_a_run_that_saved_nothing(tmp_path, capsys, fast_args, data_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 9.99}\n')  # a run stopped before its first checkpoint
+    status, _, err = cli(capsys, "train", "--data", data_dir, "--out", run, "--max-steps", 2, *fast_args)
+    assert status == 0 and "removed the log of an earlier run that saved no checkpoint" in err
+    assert [r["step"] for r in records(run) if "loss" in r] == [1, 2]
+    assert 9.99 not in [r.get("loss") for r in records(run)]
 
 
 def test_a_full_disk_while_training_is_one_line_naming_the_checkpoint(small_tmpfs, capsys, fast_args, data_dir):

@@ -160,6 +160,9 @@ def resolve_config(preset: str | None = None, toml_path: str | Path | None = Non
         if not sep or not key.strip():
             raise ConfigError(f"--set needs key=value, got {item!r}")
         _place(key.strip(), _parse_value(value.strip()), model, train)
+    if "vocab_size" in model:
+        raise ConfigError("vocab_size comes from the data's tokenizer and cannot be set; choose it with "
+                          "`tinygrad-llm prepare --vocab-size N`")
     for key, value in train_fields.items():
         if value is not None:
             _place(key, value, model, train)

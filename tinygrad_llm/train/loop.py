@@ -131,6 +131,9 @@ class Trainer:
         elif step_checkpoints(self.files.path):
             raise ConfigError(f"{self.files.path} already holds checkpoints; pass --resume to continue that run "
                               "or choose another --out")
+        elif self.is_main and self.files.log_path.exists():  # a run stopped before its first checkpoint
+            self.files.log_path.unlink()
+            self.say(f"{self.files.path}: removed the log of an earlier run that saved no checkpoint")
 
     # ------------------------------------------------------------ the loop
     @property
@@ -212,15 +215,23 @@ class Trainer:
                 if self.last_eval is None or self.last_eval.get("step") != self.step:
                     self.evaluate()  # the plan's last numbers, whether steps or time ended it
             path = self.save()
-        if status == "interrupted":
-            self.say(f"interrupted at step {self.step}; checkpoint {path}; continue with --resume")
-        elif status == "time budget reached":
-            self.say(f"time budget reached at step {self.step}; checkpoint {path}")
         if self.is_main:
             plot_losses(self.files.records(), self.files.path / "loss.png",
                         f"{self.model.num_parameters():,}-parameter {self.setup.title}")
-        return {"status": status, "step": self.step, "max_steps": plan.max_steps, "checkpoint": str(path),
-                "best_val_loss": self.state.best_val_loss, "seconds": self._elapsed()}
+        summary = {"status": status, "step": self.step, "max_steps": plan.max_steps, "checkpoint": str(path),
+                   "best_val_loss": self.state.best_val_loss, "seconds": self._elapsed()}
+        self.say(self._closing_line(summary))
+        return summary
+
+    @staticmethod
+    def _closing_line(summary: dict[str, Any]) -> str:
+        """``finished at step 500/500 in 412s; best validation loss 4.3913; checkpoint runs/small/ckpt_...``."""
+        best = summary["best_val_loss"]
+        best_text = "no validation yet" if best is None else f"best validation loss {best:.4f}"
+        planned = f"/{summary['max_steps']}" if summary["max_steps"] is not None else ""
+        hint = "; continue with --resume" if summary["status"] == "interrupted" else ""
+        return (f"{summary['status']} at step {summary['step']}{planned} in {summary['seconds']:.0f}s; {best_text}; "
+                f"checkpoint {summary['checkpoint']}{hint}")
 
     def train_step(self) -> tuple[float, float]:
         """One optimizer step's gradients over ``accum`` micro-batches; returns (mean loss, gradient norm)."""
@@ -387,13 +398,15 @@ class Trainer:
         processes = len(state.rng_by_rank)
         moved = f" (saved by {processes} process{'es' if processes > 1 else ''})" \
             if processes != self.parallel.world_size else ""
-        self.state = state
-        self.say(f"resumed from {path} at step {self.step}{self._plan_text()}{moved}")
-        if replan:
-            self._extend(path)
-        elif self.state.done:
-            raise ConfigError(f"{path}: this run already finished its plan at step {self.step}; to train on, "
+        if state.done and not replan:
+            raise ConfigError(f"{path}: this run already finished its plan at step {state.step}; to train on, "
                               "give --resume a larger --max-steps or a --time-budget")
+        self.state = state
+        if replan:
+            self.say(f"resumed from {path} at step {self.step}{moved}")
+            self._extend(path)
+        else:
+            self.say(f"resumed from {path} at step {self.step}{moved}; continuing its plan{self._plan_text()}")
 
     def _extend(self, path: Path) -> None:
         """Replace the plan by ``config``'s step count and budget (from now on): see ``run_state.Plan``."""
@@ -404,16 +417,18 @@ class Trainer:
         self.state.plan = Plan(max_steps=c.max_steps, time_budget=budget)
         self.config = dataclasses.replace(c, time_budget=budget)  # what the checkpoints will record
         self.state.done = False
-        self.say(f"extending the run{self._plan_text()}: the schedule continues as if the run had been planned "
-                 "that long from the start")
+        self.say(f"extending the run:{self._plan_text()}; the schedule continues as if the run had been "
+                 "planned that long from the start")
 
     def _plan_text(self) -> str:
+        """`` to step 500``, `` for 420s of wall-clock time (300s left)``, or both joined by "or"."""
         plan = self.state.plan
         parts = [f"to step {plan.max_steps}"] if plan.max_steps is not None else []
         if plan.time_budget is not None:
             left = plan.time_budget - self.state.elapsed
-            parts.append(f"within {plan.time_budget:.0f}s" + (f", {left:.0f}s from now" if self.state.elapsed else ""))
-        return f" ({' or '.join(parts)})" if parts else ""
+            parts.append(f"for {plan.time_budget:.0f}s of wall-clock time"
+                         + (f" ({left:.0f}s left)" if self.state.elapsed else ""))
+        return " " + " or ".join(parts) if parts else ""
 
     def _describe(self, threads: ThreadGovernor, hosts: list[str]) -> float:
         """Say what is trained how; return the peak FLOP/s of the hardware of all processes (on ``hosts``)."""
@@ -423,7 +438,9 @@ class Trainer:
         units = len(set(hosts)) if self.config.device == "cpu" else len(hosts)
         self.say(f"model: {self.model.num_parameters():,} parameters, {self.model_config.n_layer} layers, "
                  f"context {self.model_config.block_size}; {s.tokens_per_step:,} tokens per step "
-                 f"({self.accum} micro-batch{'es' if self.accum > 1 else ''}); plan{self._plan_text()}")
+                 f"({self.accum} micro-batch{'es' if self.accum > 1 else ''}); "
+                 f"{self.parallel.world_size} process{'es' if self.parallel.world_size > 1 else ''}; "
+                 f"training{self._plan_text()}")
         self.say(f"threads: {threads.describe()}; MFU against the {peak.source}")
         self.log({"step": self.step, "peak_flops": peak.flops * units, "peak_source": peak.source,
                   "threads": threads.threads, "time": time.time()})
