@@ -15,11 +15,12 @@ started a second before each run and stopped after it, pinned to no core (the OS
    same two parameter groups and hyperparameters, gradient clipping, and torch's default threads
    (``torch.get_num_threads()``). It keeps the same clock as ours: the budget counts from the moment the
    parent starts the process; before each step it stops if the step (as long as the last one), the final
-   evaluation and checkpoint (as long as the last ones) and a 1 s margin would not fit. The learning rate
-   is ours's rule, written out: linear warmup over ``warmup_steps`` (ending at the latest a tenth of the
-   way through), then half a cosine from ``lr`` to ``lr / 10`` over the budget, progress = seconds spent /
-   the second by which the last step must start. Like ours it logs a JSON line every ``log_interval``
-   steps (tokens/s over the window since the last line), evaluates on the first ``eval_batches`` batches
+   evaluation and two checkpoints (as long as the last ones) and ``loop.FINAL_MARGIN_SECONDS`` would not
+   fit. The learning rate is our schedule itself, ``nn.optim.learning_rate`` (warmup, then half a cosine
+   from ``lr`` to ``lr / 10``), at the progress our trainer computes: seconds spent / the second by which
+   the last step must start, 1 on the last step that fits, never going back. Like ours it logs a JSON line
+   every ``log_interval`` steps (tokens/s over the training steps since the last line: their own seconds,
+   evaluations and checkpoints left out), evaluates on the first ``eval_batches`` batches
    of validation windows (``eval_windows``, our batch size) at step 0, every ``eval_interval`` steps and at
    the end, and saves model + optimizer (``torch.save``, atomically) at each new best validation loss,
    every ``checkpoint_interval`` steps and at the end.
@@ -57,16 +58,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, cpu_model, torch_reference
+from harness import THREAD_VARS, cpu_model, torch_reference, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDITIONS = ("quiet", "busy")
 SIDES = ("ours", "ours_all_cores", "torch")
 SPIN = "while True: pass"
-FINAL_MARGIN_SECONDS = 1.0
-"""Kept free at the end of the budget, as our trainer keeps it (``loop.FINAL_MARGIN_SECONDS``)."""
-WARMUP_FRACTION = 0.1
-"""Warmup ends at the latest a tenth of the way through the run, as in ``nn.optim.learning_rate``."""
 
 
 # ---------------------------------------------------------------- worker: the PyTorch reference loop
@@ -75,8 +72,11 @@ def _torch_worker(args: argparse.Namespace) -> int:
     import threadpoolctl
     import torch
 
+    from nn.optim import learning_rate
     from tinygrad_llm.data.loader import TokenShards, eval_windows
     from tinygrad_llm.train import resolve_config
+    from tinygrad_llm.train.loop import FINAL_MARGIN_SECONDS
+    from util.files import atomic_write
     from util.progress import Progress
 
     fields, c = resolve_config(args.preset, data=args.data, out_dir=args.run_dir, time_budget=args.budget)
@@ -92,6 +92,7 @@ def _torch_worker(args: argparse.Namespace) -> int:
     log_path = run_dir / "log.jsonl"
     clock = {"step": 0.0, "eval": 0.0, "save": 0.0}  # the last step's, evaluation's and checkpoint's seconds
     best = math.inf
+    schedule_progress = 0.0  # the next step's progress through the budget, as of the last stop check
 
     def log(record: dict[str, Any]) -> None:
         with open(log_path, "a", encoding="utf-8") as f:
@@ -101,23 +102,22 @@ def _torch_worker(args: argparse.Namespace) -> int:
         return time.monotonic() - args.started
 
     def deadline() -> float:
-        """The second by which the next step must start for the budget to hold."""
-        return args.budget - clock["eval"] - clock["save"] - FINAL_MARGIN_SECONDS - clock["step"]
+        """The second by which the next step must start for the budget to hold (``Trainer._start_deadline``)."""
+        reserve = clock["eval"] + 2 * clock["save"] + FINAL_MARGIN_SECONDS
+        return args.budget - reserve - clock["step"]
 
-    def learning_rate(step: int) -> float:
+    def go_on() -> bool:
+        """Whether the next step fits the budget; sets its progress (``Trainer._stop_reason``, one process)."""
+        nonlocal schedule_progress
         limit, now = deadline(), spent()
-        last = limit <= 0 or limit - now < clock["step"]  # the step after this one will not fit
-        progress = 1.0 if last else min(1.0, now / limit)
-        cosine = min_lr + (c.lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
-        warm = 1.0 if c.warmup_steps <= 0 else min(1.0, max((step + 1) / c.warmup_steps, progress / WARMUP_FRACTION))
-        return warm * cosine
+        last = limit - now < clock["step"]  # the step after the next one will not fit: the next is the last
+        schedule_progress = max(schedule_progress, 1.0 if last or limit <= 0 else min(1.0, now / limit))
+        return now <= limit
 
     def save(step: int, name: str) -> None:
         start = time.monotonic()
-        path = run_dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
-        os.replace(tmp, path)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+        atomic_write(run_dir / name, lambda tmp: torch.save(state, tmp))
         clock["save"] = time.monotonic() - start
 
     def evaluate(step: int) -> None:
@@ -143,10 +143,12 @@ def _torch_worker(args: argparse.Namespace) -> int:
     evaluate(0)
     step, last_eval = 0, 0
     progress = Progress(total=None, unit="step", desc="train", stream=sys.stderr)
-    window_start, window_tokens = time.monotonic(), 0
-    while spent() <= deadline():
+    window_seconds, window_tokens = 0.0, 0  # training steps only: evaluations and saves are not in tokens/s
+    fits = go_on()
+    while fits:
         step_start = time.monotonic()
-        lr = learning_rate(step)
+        lr = learning_rate(c.schedule, schedule_progress, step, max_lr=c.lr, min_lr=min_lr,
+                           warmup_steps=c.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = loader.next_batch()
@@ -160,14 +162,16 @@ def _torch_worker(args: argparse.Namespace) -> int:
         step += 1
         clock["step"] = time.monotonic() - step_start
         window_tokens += tokens_per_step
+        window_seconds += clock["step"]
         if step % c.log_interval == 0 or step == 1:
-            tps = window_tokens / (time.monotonic() - window_start)
+            tps = window_tokens / window_seconds if window_seconds > 0 else 0.0
             log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm, "tokens_per_s": tps,
                  "threads": threads})
             progress.set_fields(loss=f"{loss_value:.3f}", **{"tok/s": f"{tps:,.0f}"})
-            window_start, window_tokens = time.monotonic(), 0
+            window_seconds, window_tokens = 0.0, 0
         progress.update(1)
-        if spent() <= deadline():  # the final evaluation and checkpoint follow the loop
+        fits = go_on()
+        if fits:  # the final evaluation and checkpoint follow the loop
             if step % c.eval_interval == 0:
                 evaluate(step)
                 last_eval = step
@@ -182,12 +186,6 @@ def _torch_worker(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parent: one run
-def _machine_busy_seconds() -> float:
-    """Seconds all cores have spent busy since boot (``/proc/stat``)."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
-
-
 def _process_cpu_seconds(pid: int) -> float:
     fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -249,16 +247,18 @@ def _read_log(path: Path, tokens_per_step: int) -> dict[str, Any]:
 
 def _run(side: str, condition: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """One timed run of ``side`` under ``condition``: what its log says and what the parent measured."""
+    from tinygrad_llm.train.hardware import cores_busy_seconds
+
     spinner = _Spinner(args.settle) if condition == "busy" else None
     try:
-        busy, children = _machine_busy_seconds(), _children_cpu_seconds()
+        busy, children = cores_busy_seconds(), _children_cpu_seconds()
         started = time.monotonic()
         with open(run_dir / "output.txt", "w", encoding="utf-8") as output:
             proc = subprocess.run(_command(side, args, run_dir, started), stdout=output, stderr=subprocess.STDOUT,
                                   env=_environment(), cwd=ROOT, check=False)
         wall = time.monotonic() - started
         run_cpu = _children_cpu_seconds() - children
-        machine = _machine_busy_seconds() - busy
+        busy_after = cores_busy_seconds()
     finally:
         spinner_cores = spinner.stop() if spinner else None
     spinner_cpu = 0.0 if spinner_cores is None else spinner_cores * wall
@@ -266,7 +266,8 @@ def _run(side: str, condition: str, args: argparse.Namespace, run_dir: Path) -> 
         "side": side, "condition": condition, "wall_s": round(wall, 2),
         "wall_over_budget": round(wall / args.budget, 3), "run_cores": round(run_cpu / wall, 2),
         "spinner_cores": None if spinner_cores is None else round(spinner_cores, 2),
-        "other_load_cores": round(max(0.0, machine - run_cpu - spinner_cpu) / wall, 2)}
+        "other_load_cores": None if busy is None or busy_after is None
+        else round(max(0.0, busy_after - busy - run_cpu - spinner_cpu) / wall, 2)}
     log_path = run_dir / "log.jsonl"
     if proc.returncode != 0 or not log_path.exists():
         lines = (run_dir / "output.txt").read_text(errors="replace").strip().splitlines() or ["(no output)"]
@@ -309,13 +310,6 @@ def _ratios(medians: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _write(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _fmt(value: Any, spec: str) -> str:
     """``value`` formatted with ``spec``, or a dash as wide as the spec asks for."""
     return format("-", f">{spec.split('.')[0] or 1}") if value is None else format(value, spec)
@@ -340,7 +334,7 @@ def _print_table(report: dict[str, Any], labels: dict[str, str]) -> None:
     print("tokens/s busy / quiet: " + ", ".join(f"{labels[s]} {_fmt(r['busy_over_quiet_tokens_per_s'][s], '.3f')}"
                                                 for s in SIDES))
     print("(cores: CPU the run used; spinner: CPU the busy loop got; others: other processes on the machine)")
-    others = max((r["other_load_cores"] for r in report["runs"]), default=0.0)
+    others = max((r["other_load_cores"] or 0.0 for r in report["runs"]), default=0.0)
     if others >= 0.2:
         print(f"warning: other programs used up to {others:.2f} cores during a run: the machine was not quiet, "
               "so 'quiet' is not, and the numbers carry their load")
@@ -361,12 +355,13 @@ def _parent(args: argparse.Namespace) -> int:
     import threadpoolctl
 
     from tinygrad_llm.train import resolve_config
+    from tinygrad_llm.train.hardware import available_cores
 
     _ensure_data(args.data)
     import numpy  # noqa: F401  (loaded so that threadpool_info sees the BLAS our trainer uses)
 
     fields, config = resolve_config(args.preset, data=args.data, time_budget=args.budget)
-    args.cores = len(os.sched_getaffinity(0))
+    args.cores = available_cores()
     args.tokens_per_step = config.batch_size * fields["block_size"]
     labels = {"ours": "ours (adaptive)", "ours_all_cores": f"ours --threads {args.cores}", "torch": "PyTorch"}
     out = Path(args.out)
@@ -410,7 +405,7 @@ def _parent(args: argparse.Namespace) -> int:
                     time.sleep(args.gap)
                     result = {"repeat": repeat, **_run(side, condition, args, run_dir)}
                     report["runs"].append(result)
-                    _write(report, out)
+                    write_json(out, report)
                     n = len(report["runs"])
                     if "error" in result:
                         print(f"[{n}/{total}] {condition:<5} {labels[side]:<18} FAILED: {result['error']}",
@@ -419,14 +414,15 @@ def _parent(args: argparse.Namespace) -> int:
                     print(f"[{n}/{total}] {condition:<5} {labels[side]:<18} {result['steps']:5d} steps "
                           f"{_fmt(result['tokens_per_s'], '7.0f')} tok/s  val {_fmt(result['val_loss'], '.4f')}  "
                           f"wall {result['wall_s']:6.1f}s ({result['wall_over_budget']:.3f} x budget)  threads "
-                          f"{result['threads_seen']}  others {result['other_load_cores']:.2f} cores", flush=True)
+                          f"{result['threads_seen']}  others {_fmt(result['other_load_cores'], '.2f')} cores",
+                          flush=True)
     finally:
         shutil.rmtree(run_root, ignore_errors=True)
     report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["medians"] = _summary(report["runs"])
     report["ratios"] = _ratios(report["medians"])
     report["complete"] = True
-    _write(report, out)
+    write_json(out, report)
     _print_table(report, labels)
     failed = sum("error" in r for r in report["runs"])
     print(f"wrote {out}" + (f"; {failed} run(s) failed" if failed else ""))

@@ -33,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import THREAD_VARS, cpu_model
+from harness import THREAD_VARS, cpu_model, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LR, BETAS, EPS, WEIGHT_DECAY, CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
@@ -246,10 +246,7 @@ def _parent(args: argparse.Namespace) -> int:
                  for c, v in runs.items()},
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, report)
     print(json.dumps(table, indent=2))
     print(f"wrote {out}")
     return 0

@@ -1,4 +1,5 @@
-"""What the side-by-side benchmarks share: the machine's name and a worker process driven over a pipe.
+"""What the side-by-side benchmarks share: the machine's name, a worker process driven over a pipe, the
+PyTorch reference's model and optimizer, and writing the results file.
 
 A benchmark's parent starts one worker per side (ours, the reference) as a
 separate process, so each has its own thread settings and memory, and speaks
@@ -20,6 +21,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 """Set before NumPy or torch is imported, they fix the number of BLAS/OpenMP threads."""
+
+
+def write_json(path: str | os.PathLike[str], document: Any) -> None:
+    """Write ``document`` to ``path`` as JSON indented by 2 with a final newline, atomically (``util.files``).
+
+    The directory is created if missing; a reader (or a crash mid-write) sees the old file or the new one.
+    """
+    from util.files import atomic_write_bytes
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
 def cpu_model() -> str:

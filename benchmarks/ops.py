@@ -18,9 +18,11 @@ import os
 import sys
 from datetime import UTC
 
+from harness import THREAD_VARS, write_json
+
 
 def _set_threads_before_numpy_loads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ[var] = str(threads)
 
 
@@ -33,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _set_threads_before_numpy_loads(args.threads)
 
-    import json
     import math
     import platform
     import statistics
@@ -129,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "geometric_mean_ratio": round(math.exp(sum(math.log(r) for r in ratios) / len(ratios)), 3),
         "results": results,
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, report)
     print(f"geometric mean ratio {report['geometric_mean_ratio']}; wrote {args.out}")
     return 0
 

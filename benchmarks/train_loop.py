@@ -11,7 +11,7 @@ initial weights and thread count:
    tensors, ``TorchGPT`` (the reference GPT of the tests) with our initial
    weights (``copy_weights``), ``torch.optim.AdamW`` with the same two groups
    (decay on ``ndim >= 2``) and hyperparameters, ``clip_grad_norm_``, the same
-   warmup + cosine schedule (written out here and checked against ours), a
+   warmup + cosine schedule (our ``nn.optim.learning_rate``, by steps), a
    JSONL log line every ``--log-interval`` steps (opened, appended, closed, as
    the Trainer does) and the same progress bar. Each side runs in its own
    process with the same thread count (``OMP/OPENBLAS/MKL_NUM_THREADS`` set
@@ -60,7 +60,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, PipeWorker, cpu_model, torch_reference
+from harness import THREAD_VARS, PipeWorker, cpu_model, torch_reference, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PHASES = ("forward", "backward", "optimizer")
@@ -206,6 +206,7 @@ def _ours_worker(args: argparse.Namespace, channel: _Channel, progress_stream: A
 def _torch_worker(args: argparse.Namespace, channel: _Channel, progress_stream: Any) -> None:
     import torch
 
+    from nn.optim import learning_rate
     from tinygrad_llm.data.loader import TokenShards, eval_windows
     from util.progress import Progress
 
@@ -219,11 +220,10 @@ def _torch_worker(args: argparse.Namespace, channel: _Channel, progress_stream: 
     min_lr = c.lr / 10 if c.min_lr is None else c.min_lr
 
     def lr_at(step: int) -> float:
-        """Half a cosine from lr to min_lr over the run (progress 0 at the first step, 1 at the last), times a
-        linear warmup that ends after ``warmup`` steps or a tenth of the run, whichever comes first."""
-        progress = min(1.0, step / (steps - 1))
-        warm = min(1.0, max((step + 1) / warmup, progress / 0.1)) if warmup > 0 else 1.0
-        return warm * (min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (c.lr - min_lr))
+        """Our schedule (``nn.optim.learning_rate``) at progress by steps, as the Trainer computes it: 0 at the
+        first step, 1 at the last (1 throughout a one-step run)."""
+        progress = 1.0 if steps <= 1 else min(1.0, step / (steps - 1))
+        return learning_rate(c.schedule, progress, step, max_lr=c.lr, min_lr=min_lr, warmup_steps=warmup)
 
     log_path = Path(c.out_dir) / "log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,6 +447,8 @@ def _plot(curve: dict[str, Any], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from util.files import atomic_write
+
     ours, theirs = curve["loss_ours"], curve["loss_torch"]
     steps = range(1, len(ours) + 1)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 2))
@@ -465,10 +467,10 @@ def _plot(curve: dict[str, Any], path: Path, title: str) -> None:
     bottom.legend(fontsize="small")
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3, which="both")
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _parent(args: argparse.Namespace) -> int:
@@ -587,10 +589,7 @@ def _parent(args: argparse.Namespace) -> int:
         "outside_share_target": 0.02,
         "curves": {**curve, "plot": plot_path.as_posix()},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, report)
     _plot(curve, plot_path, f"{args.preset} preset, {hello['parameters']:,} parameters, batch "
                             f"{args.batch_size}x{hello['block_size']}, float32")
 

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, PipeWorker, cpu_model
+from harness import THREAD_VARS, PipeWorker, cpu_model, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 1e-8, 0.1
@@ -415,10 +415,7 @@ def _parent(args: argparse.Namespace) -> int:
         "torch_profile": profiles["torch"],
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, report)
 
     o, t = sides["ours"], sides["torch"]
     print(f"\n{args.preset}, batch {args.batch_size}x{block_size}, {args.threads} thread(s)")
