@@ -1,0 +1,1 @@
+"""Evaluation: perplexity and bits per byte, MMLU, HumanEval, and the sandbox that runs model-written code."""
