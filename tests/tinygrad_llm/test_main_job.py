@@ -17,31 +17,15 @@ import matplotlib.image
 import numpy as np
 import pytest
 import safetensors.numpy
+from cli_helpers import cli, one_error
 
 from tinygrad_llm.checkpoint import read_info, step_checkpoints
-from tinygrad_llm.cli import main
 from tinygrad_llm.data.loader import TokenShards
 from tinygrad_llm.data.prepare import PrepareConfig, prepare
 from tinygrad_llm.model import GPT
 from tinygrad_llm.train import Trainer, pretraining
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    status = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_error(status: int, err: str, *fragments: str) -> str:
-    """Check a failed command: exit status 2, one error line naming ``fragments``, no traceback."""
-    errors = [line for line in err.splitlines() if line.startswith("tinygrad-llm: error: ")]
-    assert status == 2, err
-    assert len(errors) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in errors[0]
-    return errors[0]
 
 
 def records(run: Path) -> list[dict]:

