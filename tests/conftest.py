@@ -50,3 +50,27 @@ def small_tmpfs(tmp_path: Path):
     yield directory
     subprocess.run(["umount", str(directory)], check=True)
 
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT-2-style byte-level BPE trained by Hugging Face's ``tokenizers``, saved in both of its formats.
+
+    The directory holds ``vocab.json`` + ``merges.txt`` and ``tokenizer.json``
+    (1,000 ids: ``<|endoftext|>`` first, the 256 bytes, then the merges), learned
+    from part of the standard library's source and some non-English text.
+    """
+    import email
+    import json as json_module
+
+    tokenizers = pytest.importorskip("tokenizers")
+    directory = tmp_path_factory.mktemp("hf-tokenizer")
+    sources = sorted(Path(email.__file__).parent.glob("*.py")) + sorted(Path(json_module.__file__).parent.glob("*.py"))
+    texts = [p.read_text(encoding="utf-8") for p in sources]
+    texts.append("Größe, naïve café — 東京は日本の首都です。Привет, мир! 🙂🙂 ½ + ¼ = ¾\n" * 20)
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    bpe.save_model(str(directory))
+    bpe.save(str(directory / "tokenizer.json"))
+    return directory

