@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:
+def load_model(path: str | Path, build: Callable[[GPTConfig], GPT] = GPT) -> tuple[GPT, Tokenizer]:
     """The model and tokenizer of a checkpoint (a file or a run directory), ready for generation.
 
     The tokenizer is the ``tokenizer.txt`` the trainer copied beside the
     checkpoints; its hash must be the one the checkpoint was trained with.
+    ``build`` makes the model the tensors are loaded into (a fine-tuning run
+    with LoRA adapters passes one that adds them).
     """
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
@@ -164,7 +167,7 @@ def load_model(path: str | Path) -> tuple[GPT, Tokenizer]:
         config = GPTConfig.from_dict({**ckpt.info["model_config"], "tensor_parallel": 1})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unusable model config ({exc})") from None
-    model = GPT(config)
+    model = build(config)
     try:
         model.load_state_dict(ckpt.model)
     except (KeyError, ValueError) as exc:

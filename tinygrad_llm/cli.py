@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_commands(commands)
     _add_train_commands(commands)
     _add_eval_commands(commands)
+    _add_chat_commands(commands)
     return parser
 
 
@@ -420,7 +421,7 @@ def _load_model(path: Path) -> tuple[Any, Any, Path]:
     ``path`` is one of our checkpoints (a file, or a run directory) or a Hugging
     Face GPT-2 directory, told apart by the latter's ``config.json``.
     """
-    from tinygrad_llm.checkpoint import load_model, resolve_checkpoint
+    from tinygrad_llm.checkpoint import load_model, read_info, resolve_checkpoint
     from tinygrad_llm.export.huggingface import HuggingFaceError, is_huggingface_directory, load_huggingface_model
 
     if is_huggingface_directory(path):
@@ -429,6 +430,12 @@ def _load_model(path: Path) -> tuple[Any, Any, Path]:
         except HuggingFaceError as exc:
             raise CLIError(str(exc)) from None
     checkpoint = resolve_checkpoint(path)
+    if read_info(checkpoint).get("lora"):  # a LoRA fine-tuning run: add its adapters, load, fold them in
+        from tinygrad_llm.chat.finetune import lora_model_loader
+        from tinygrad_llm.chat.lora import merge_lora
+
+        model, tokenizer = load_model(checkpoint, build=lora_model_loader(read_info(checkpoint)))
+        return merge_lora(model), tokenizer, checkpoint
     return (*load_model(checkpoint), checkpoint)
 
 
@@ -866,6 +873,181 @@ def _progress_callback(desc: str, unit: str, quiet: bool) -> Iterator[Any]:
     finally:
         if bar is not None:
             bar.close()
+
+
+# ---------------------------------------------------------------------- finetune, merge, chat
+
+
+def _add_chat_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm finetune``, ``merge`` and ``chat``."""
+    p = commands.add_parser("finetune", help="fine-tune a model into a chat model (answers only; LoRA optional)",
+                            description="Supervised fine-tuning in the chat format: the turn tokens are added to the "
+                                        "base tokenizer, conversations are packed into rows, and only the assistant's "
+                                        "tokens are trained on. Without --data: the built-in mix (generated "
+                                        "instructions, docstring-to-function pairs, chatterbot conversations).")
+    p.add_argument("--base", "-b", type=Path, help="the base model: " + CHECKPOINT_HELP + " (not needed with --resume)")
+    p.add_argument("--data", type=Path, action="append", metavar="FILE.jsonl",
+                   help="conversations as JSON Lines, {\"messages\": [...]} or Alpaca records (repeatable); "
+                        "every 20th is held out for validation")
+    p.add_argument("--out", help="run directory (default runs/<base>-chat, or runs/<base>-lora with LoRA)")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (default 300 unless --time-budget)")
+    p.add_argument("--time-budget", help="wall-clock time for the whole run, e.g. 300, 5m")
+    p.add_argument("--lora-rank", type=_positive_int, metavar="R", help="train LoRA adapters of rank R instead of "
+                                                                        "every weight")
+    p.add_argument("--lora-alpha", type=_positive_float, metavar="A", help="LoRA scale numerator (default 2R)")
+    p.add_argument("--lora-targets", metavar="A,B", help="layers to adapt (default: the attention's c_attn, c_proj)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one training field, e.g. --set lr=1e-4 --set batch_size=8 (repeatable)")
+    p.add_argument("--threads", type=_positive_int, help="BLAS threads (default: the cores other programs leave free)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(func=_finetune)
+
+    p = commands.add_parser("merge", help="fold a LoRA run's adapters into a plain checkpoint")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path, help="a LoRA fine-tuning run or checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="directory for best.safetensors and tokenizer.txt")
+    p.set_defaults(func=_merge)
+
+    p = commands.add_parser("chat", help="talk to a fine-tuned model",
+                            description="A REPL: one streamed reply per message, the history kept within the "
+                                        "context. Commands: /reset, /system TEXT, /save FILE, /help, /quit. When "
+                                        "stdin is not a terminal: one message per line, one reply per line.")
+    _add_checkpoint_option(p)
+    p.add_argument("--system", help="the system message")
+    p.add_argument("--max-new-tokens", "-n", type=_positive_int, default=128)
+    p.add_argument("--temperature", "-t", type=_non_negative_float, default=0.0, help="0 = greedy (the default)")
+    p.add_argument("--top-k", type=_non_negative_int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed (default: fresh each run)")
+    p.set_defaults(func=_chat)
+
+
+FINETUNE_DEFAULTS = {"lr": 3e-4, "warmup_steps": 20, "weight_decay": 0.0, "batch_size": 16, "eval_interval": 50,
+                     "eval_batches": 8, "checkpoint_interval": 100, "log_interval": 10}
+"""Training fields for fine-tuning where pretraining's defaults do not suit (LoRA's lr: LORA_LR)."""
+LORA_LR = 2e-3
+
+
+def _finetune_conversations(files: list[Path] | None, seed: int) -> tuple[dict[str, list], str]:
+    """Train and validation conversations from ``--data`` files (every 20th held out) or the built-in mix."""
+    from tinygrad_llm.chat import data as chat_data
+
+    if not files:
+        mix = {split: chat_data.builtin_mix(split, seed) for split in ("train", "val")}
+        return ({split: [c for source in parts.values() for c in source] for split, parts in mix.items()},
+                "built-in mix: " + ", ".join(f"{k} {len(v):,}" for k, v in mix["train"].items()))
+    conversations = []
+    for path in files:
+        try:
+            conversations += chat_data.read_chat_jsonl(path)
+        except chat_data.ChatDataError as exc:
+            raise CLIError(str(exc)) from None
+    val = conversations[::20]
+    train = [c for i, c in enumerate(conversations) if i % 20]
+    if not train:
+        raise CLIError(f"{', '.join(map(str, files))}: too few conversations to hold one out for validation "
+                       "(at least 2 needed)")
+    return {"train": train, "val": val}, ", ".join(map(str, files))
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from tinygrad_llm.chat.finetune import ADAPTER_FILE, LoRASettings, finetuning
+    from tinygrad_llm.chat.format import ChatFormatError
+    from tinygrad_llm.chat.lora import LoRAError, save_adapter
+    from tinygrad_llm.checkpoint import TOKENIZER_FILE, latest_checkpoint, load_checkpoint, read_info
+    from tinygrad_llm.model import GPT, GPTConfig
+    from tinygrad_llm.train import parse_duration
+    from tinygrad_llm.train.config import TrainConfig, _parse_value
+
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
+    fields = dict(FINETUNE_DEFAULTS)
+    lora = None
+    if args.resume:
+        if args.out is None:
+            raise CLIError("--resume needs --out (the run to continue)")
+        latest = latest_checkpoint(args.out)
+        if latest is None:
+            raise CLIError(f"{args.out}: no checkpoint to resume from")
+        info = read_info(latest)
+        fields = dict(info["train_config"])
+        if info.get("lora"):
+            lora = LoRASettings(info["lora"]["rank"], info["lora"]["alpha"], tuple(info["lora"]["targets"]))
+        base = info.get("base", "")
+        model = GPT(GPTConfig.from_dict({**info["model_config"], "tensor_parallel": 1}))
+        tokenizer = Tokenizer.load(Path(args.out) / TOKENIZER_FILE)
+        files = [Path(f) for f in info.get("finetune_files") or []] or None
+        del load_checkpoint  # the trainer reads the checkpoint itself
+    else:
+        if args.base is None:
+            raise CLIError("--base is required (the model to fine-tune)")
+        model, tokenizer, base_path = _load_model(args.base)
+        base = str(base_path)
+        if args.lora_rank is not None:
+            from tinygrad_llm.chat.lora import DEFAULT_TARGETS
+
+            targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets \
+                else tuple(DEFAULT_TARGETS)
+            lora = LoRASettings(args.lora_rank, args.lora_alpha or 2.0 * args.lora_rank, targets)
+            fields["lr"] = LORA_LR
+        elif args.lora_alpha is not None or args.lora_targets is not None:
+            raise CLIError("--lora-alpha and --lora-targets need --lora-rank")
+        files = args.data
+        name = Path(base).parent.name if Path(base).is_file() else Path(base).name
+        fields["out_dir"] = args.out or f"runs/{name}-{'lora' if lora else 'chat'}"
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in TrainConfig.__dataclass_fields__:
+            raise CLIError(f"--set needs KEY=VALUE with a training field (e.g. lr=1e-4), got {item!r}")
+        fields[key.strip()] = _parse_value(value.strip())
+    if args.threads is not None:
+        fields["threads"] = args.threads
+    if args.max_steps is not None or budget is not None or not args.resume:
+        fields["max_steps"], fields["time_budget"] = args.max_steps, budget
+        if fields["max_steps"] is None and budget is None:
+            fields["max_steps"] = 300
+    conversations, described = _finetune_conversations(files, fields.get("seed", 1337))
+    fields["data"] = described
+    try:
+        config = TrainConfig(**fields)
+    except TypeError as exc:
+        raise CLIError(f"bad training configuration: {exc}") from None
+    try:
+        trainer = finetuning(model, tokenizer, conversations, config, lora, base=base, data=described,
+                             resume=args.resume, replan=args.resume and (args.max_steps or budget) is not None)
+    except (ChatFormatError, LoRAError) as exc:
+        raise CLIError(str(exc)) from None
+    trainer.setup.info["finetune_files"] = [str(f) for f in files or []]
+    summary = trainer.fit()
+    if lora is not None and trainer.is_main:
+        save_adapter(Path(config.out_dir) / ADAPTER_FILE, trainer.model,
+                     {"base": base, "step": trainer.step, "chat_template": trainer.setup.info["chat_template"]})
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from tinygrad_llm.chat.finetune import merge_lora_checkpoint
+
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"{args.out}: not a directory")
+    target = merge_lora_checkpoint(args.checkpoint, args.out)
+    print(f"merged the adapters into {target}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tinygrad_llm.chat.format import has_chat_tokens
+    from tinygrad_llm.chat.repl import ChatSession, run_repl
+    from tinygrad_llm.generate import SamplingConfig
+
+    try:
+        sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    model, tokenizer, checkpoint = _load_model(args.checkpoint)
+    if not has_chat_tokens(tokenizer):
+        raise CLIError(f"{checkpoint}: a base model without the chat tokens; fine-tune it first "
+                       f"(tinygrad-llm finetune --base {args.checkpoint})")
+    session = ChatSession(model, tokenizer, args.system, args.max_new_tokens, sampling, args.seed)
+    return run_repl(session)
 
 
 def _check_output_paths(*paths: Path | None) -> None:

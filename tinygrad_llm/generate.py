@@ -23,7 +23,7 @@ import nn
 from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
 
-__all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "PromptError"]
+__all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "stream_text", "PromptError"]
 
 
 class PromptError(ValueError):
@@ -109,13 +109,24 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens:
                   stop: Sequence[str] = (), stop_at_eot: bool = True) -> Iterator[str]:
     """Stream the continuation of ``prompt`` as text pieces, ending before the first stop string.
 
-    Tokens can split a UTF-8 character, so bytes go through an incremental
-    decoder; text that might be the start of a stop string is held back until
-    it is known not to be one.
+    The prompt may hold special tokens (``<|endoftext|>``); they are encoded as such.
     """
     ids = tokenizer.encode(prompt, allowed_special="all")
     eot = tokenizer.special_tokens.get("<|endoftext|>")
     stop_ids = [eot] if stop_at_eot and eot is not None else []
+    return stream_text(model, tokenizer, ids, max_new_tokens, sampling, seed, stop, stop_ids)
+
+
+def stream_text(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], max_new_tokens: int = 200,
+                sampling: SamplingConfig | None = None, seed: int | None = None, stop: Sequence[str] = (),
+                stop_ids: Sequence[int] = ()) -> Iterator[str]:
+    """Stream the text the model writes after the token ids ``ids``, ending before a stop string or stop id.
+
+    Tokens can split a UTF-8 character, so bytes go through an incremental
+    decoder; text that might be the start of a stop string is held back until
+    it is known not to be one. A token in ``stop_ids`` ends the text and is not
+    part of it (the chat stops at ``<|assistant_end|>`` this way).
+    """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     held = ""
     hold = max((len(s) for s in stop), default=1) - 1

@@ -319,6 +319,58 @@ class GPT(Module):
         return [KVCache(batch_size, kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
                 for _ in range(c.n_layer)]
 
+    def grow_vocabulary(self, vocab_size: int) -> GPT:
+        """A copy of this model with room for ``vocab_size`` tokens: the new ids get new embedding rows.
+
+        Adding special tokens to a trained tokenizer (the chat markers) appends
+        ids after the last one, so the model needs more rows in ``wte`` (the
+        input embedding) and ``lm_head`` (the output projection, one row per
+        token's logit). Everything else is copied unchanged, and so are the old
+        rows: on the old ids the grown model computes exactly the old logits,
+        plus one logit per new token.
+
+        Each new row starts as the mean of the old real token rows (0 ..
+        vocab_size-1; the padding rows, never trained, are left out). As an
+        input the new token then looks like an "average" token, not a random
+        direction the network never saw; as an output its logit ``h . mean(w)``
+        is the mean of the old logits, so the new token starts out neither
+        likely nor impossible and the softmax over old tokens barely changes. A
+        random row would give it an arbitrary logit, which can be large. This
+        is what Hugging Face's ``resize_token_embeddings`` does by default.
+
+        The rows are padded to a multiple of ``vocab_multiple``
+        (``padded_vocab_size``): the new ids may fall within the old padding,
+        which then becomes real rows, or beyond it, which adds rows. Old padding
+        rows that stay padding are copied; padding rows that did not exist
+        before are zero (they are never read: forward cuts the logits to
+        ``vocab_size`` and no input id reaches them). With tied weights
+        ``lm_head`` is ``wte``, grown once. The copy has this model's dtype,
+        device, training mode and ``requires_grad`` flags, and building it does
+        not consume the engine's random numbers.
+        """
+        old = self.config
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < old.vocab_size:
+            raise ValueError(f"vocab_size must be an integer of at least {old.vocab_size} (the current one), "
+                             f"not {vocab_size!r}")
+        rng_state = nn.backend.get_rng_state()
+        grown = GPT(GPTConfig.from_dict({**old.to_dict(), "vocab_size": vocab_size}))
+        nn.backend.set_rng_state(rng_state)  # the fresh initialisation is overwritten below
+        rows = grown.config.padded_vocab_size
+        params = dict(self.named_parameters())
+        for name, p in grown.named_parameters():
+            source = params[name].data
+            if name in ("wte.weight", "lm_head.weight"):
+                p.data = nn.backend.xp_of(source).zeros((rows, source.shape[1]), dtype=source.dtype)
+                p.data[:source.shape[0]] = source
+                p.data[old.vocab_size:vocab_size] = source[:old.vocab_size].mean(axis=0)
+            else:
+                p.data = source.copy()
+            p.requires_grad = params[name].requires_grad
+        buffers = dict(self.named_buffers())
+        for name, b in grown.named_buffers():
+            b.data = buffers[name].data.copy()
+        return grown.train(self.training)
+
     # ------------------------------------------------------------ accounting
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), as the PaLM appendix and nanoGPT count them.

@@ -145,6 +145,41 @@ class Tokenizer:
         except KeyError:
             raise KeyError(f"this tokenizer has no {ENDOFTEXT} special token") from None
 
+    def with_special_tokens(self, names: Sequence[str]) -> Tokenizer:
+        """A new tokenizer with this one's tokens plus the special tokens ``names``.
+
+        Fine-tuning adds control tokens to a trained vocabulary (the chat turn
+        markers, say).  A model trained on this tokenizer must keep working, so
+        no existing id moves: the ordinary tokens and the existing special tokens
+        keep theirs, and each new name gets the next free id after the current
+        largest (``vocab_size``, ``vocab_size + 1``, ... in the order given).  A name
+        that is already a special token keeps its id, so adding the same names
+        twice changes nothing.  Ordinary text encodes exactly as before: special
+        tokens are only recognised where ``encode`` allows them.  The result is an
+        ordinary tokenizer, saved and loaded by ``save``/``load`` like any other.
+
+        Raises ``ValueError`` for an empty name, a name that is not valid Unicode
+        text, or a name whose bytes are an ordinary token (its id would then be
+        ambiguous to decode back).
+        """
+        if isinstance(names, str):
+            raise TypeError("names must be a sequence of special-token strings, not one string")
+        specials = dict(self._special_tokens)
+        next_id = self.vocab_size
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"a special token must be a non-empty string, not {name!r}")
+            try:
+                data = name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"special token {name!r} is not valid Unicode text") from None
+            if data in self._ranks:
+                raise ValueError(f"special token {name!r} has the bytes of the ordinary token {self._ranks[data]}")
+            if name not in specials:
+                specials[name] = next_id
+                next_id += 1
+        return type(self)(self._ranks, self.pattern, specials)
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (a special token's are its UTF-8 string)."""
         try:

@@ -96,6 +96,7 @@ class Setup:
     tokenizer_sha256: str
     ddp: distributed.DistributedDataParallel | None = None
     title: str = "GPT"                         # for the loss plot
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # more facts every checkpoint records
 
 
 def replica_seed(seed: int, replica: int, step: int = 0) -> int:
@@ -329,8 +330,12 @@ class Trainer:
         metrics = self.setup.validate()
         self.state.eval_seconds = time.monotonic() - start
         self.log({"step": self.step, **metrics, "time": time.time()})
-        self.say(f"step {self.step}: val loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}, "
-                 f"{metrics['val_bpb']:.3f} bits/byte")
+        parts = [f"val loss {metrics['val_loss']:.4f}"]
+        if "val_ppl" in metrics:
+            parts.append(f"perplexity {metrics['val_ppl']:.2f}")
+        if "val_bpb" in metrics:
+            parts.append(f"{metrics['val_bpb']:.3f} bits/byte")
+        self.say(f"step {self.step}: " + ", ".join(parts))
         self.last_eval = {**metrics, "step": self.step}
         best = self.state.best_val_loss
         is_best = self.step > 0 and (best is None or metrics["val_loss"] < best)
@@ -361,7 +366,7 @@ class Trainer:
         path = self.files.path / ("best.safetensors" if best else f"ckpt_{self.step:07d}.safetensors")
         if self.is_main:
             info = self.state.to_info(self.model_config.to_dict(), dataclasses.asdict(self.config),
-                                      self.setup.tokenizer_sha256)
+                                      self.setup.tokenizer_sha256) | self.setup.info
             path = self.files.save(Checkpoint(model_state, info, optimizer_state), self.step, best,
                                    self.setup.tokenizer_path, self.setup.tokenizer_sha256)
         self.state.save_seconds = time.monotonic() - start
