@@ -99,17 +99,21 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``("file:line", object)`` for each non-blank line of a JSON Lines file (gzipped if it ends in .gz).
 
-    A line that is not a JSON object is a ``ValueError`` naming the file and
-    line; a file that is not UTF-8 raises ``UnicodeDecodeError``, a missing one
-    an ``OSError``.
+    A line that is not UTF-8, or not a JSON object, is a ``ValueError`` naming
+    the file and line; a byte-order mark at the start of the file is skipped;
+    a missing file raises ``OSError``.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: not UTF-8 (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 item = json.loads(line)
             except ValueError as exc:

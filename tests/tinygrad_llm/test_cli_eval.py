@@ -242,7 +242,7 @@ def bad_inputs(tmp: Path, run_dir: Path, text: Path, mmlu: Path) -> list[tuple[l
         ([*mm, "--log-samples", tmp / "no" / "samples.jsonl"], ("no such directory",)),
         (["eval", "mmlu", "-c", run_dir, "--mmlu", tmp / "broken.jsonl"], ("broken.jsonl:8: not JSON",)),
         (["eval", "mmlu", "-c", run_dir, "--mmlu", tmp / "no_subject.jsonl"], ("no_subject.jsonl:1: expected",)),
-        (["eval", "mmlu", "-c", run_dir, "--mmlu", tmp / "latin1.txt"], ("latin1.txt: not an MMLU file",)),
+        (["eval", "mmlu", "-c", run_dir, "--mmlu", tmp / "latin1.txt"], ("latin1.txt:1: not UTF-8",)),
         (["eval", "mmlu", "-c", run_dir, "--mmlu", tmp / "missing.jsonl"], ("missing.jsonl: no such file",)),
         (["eval", "mmlu", "-c", run_dir, "--mmlu", tmp], ("not an MMLU data/ folder",)),
         (["eval"], ("eval: the following arguments are required: TASK",)),

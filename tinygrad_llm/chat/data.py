@@ -38,7 +38,6 @@ import ast
 import functools
 import hashlib
 import importlib
-import json
 import math
 import os
 import random
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygrad_llm.chat.format import ChatFormatError, Message, alpaca_to_messages, check_conversation
-from util.files import package_file
+from util.files import json_lines, package_file
 
 __all__ = ["SPLITS", "ChatDataError", "hash_split", "read_chat_jsonl",
            "WORDS", "Task", "Instruction", "TASKS", "GROUPS", "generated_items", "generated_instructions",
@@ -103,28 +102,19 @@ def read_chat_jsonl(path: str | os.PathLike[str]) -> list[list[Message]]:
     file and a file without a single conversation are errors too.
     """
     path = Path(path)
+    conversations = []
     try:
-        with open(path, "rb") as f:
-            raw_lines = f.read().split(b"\n")
+        for where, record in json_lines(path):
+            try:
+                conversations.append(_record_messages(record))
+            except ChatFormatError as exc:
+                raise ChatDataError(f"{where}: {exc}") from None
     except OSError as exc:
         raise ChatDataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    conversations = []
-    for number, raw in enumerate(raw_lines, 1):
-        where = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise ChatDataError(f"{where}: not UTF-8 (byte {exc.start + 1} of the line)") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise ChatDataError(f"{where}: not JSON ({exc})") from None
-        try:
-            conversations.append(_record_messages(record))
-        except ChatFormatError as exc:
-            raise ChatDataError(f"{where}: {exc}") from None
+    except ChatDataError:
+        raise
+    except ValueError as exc:  # a line that is not UTF-8, not JSON, or not an object
+        raise ChatDataError(str(exc)) from None
     if not conversations:
         raise ChatDataError(f"{path}: no conversations in the file")
     return conversations

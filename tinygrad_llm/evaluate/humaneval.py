@@ -144,7 +144,7 @@ def _json_lines(path: str | os.PathLike[str]) -> Iterable[tuple[str, dict[str, A
         raise HumanEvalError(f"{path}: no such file")
     try:
         yield from json_lines(path)
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise HumanEvalError(f"{path}: cannot be read ({exc})") from None
     except ValueError as exc:
         raise HumanEvalError(str(exc)) from None

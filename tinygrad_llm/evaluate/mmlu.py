@@ -145,8 +145,6 @@ def _read_jsonl(path: Path, skipped: list[str]) -> dict[str, list[Question]]:
     questions: dict[str, list[Question]] = {}
     try:
         rows = list(json_lines(path))
-    except UnicodeDecodeError:
-        raise  # not text at all: the caller says the file is not an MMLU file
     except ValueError as exc:
         raise MMLUError(str(exc)) from None
     for where, row in rows:
