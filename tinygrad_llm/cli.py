@@ -950,7 +950,7 @@ def _finetune_conversations(files: list[Path] | None, seed: int) -> tuple[dict[s
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from tinygrad_llm.chat.finetune import ADAPTER_FILE, LoRASettings, finetuning
+    from tinygrad_llm.chat.finetune import ADAPTER_FILE, LoRASettings, adapter_info, finetuning
     from tinygrad_llm.chat.format import ChatFormatError
     from tinygrad_llm.chat.lora import LoRAError, save_adapter
     from tinygrad_llm.checkpoint import TOKENIZER_FILE, latest_checkpoint, load_checkpoint, read_info
@@ -1018,8 +1018,9 @@ def _finetune(args: argparse.Namespace) -> int:
     trainer.setup.info["finetune_files"] = [str(f) for f in files or []]
     summary = trainer.fit()
     if lora is not None and trainer.is_main:
+        chat_tokenizer = Tokenizer.load(Path(config.out_dir) / TOKENIZER_FILE)
         save_adapter(Path(config.out_dir) / ADAPTER_FILE, trainer.model,
-                     {"base": base, "step": trainer.step, "chat_template": trainer.setup.info["chat_template"]})
+                     adapter_info(trainer.model, chat_tokenizer, base=base, step=trainer.step))
     return 130 if summary["status"] == "interrupted" else 0
 
 

@@ -183,6 +183,14 @@ def test_lora_run_trains_only_adapters_and_merges_to_the_same_replies(trained_ru
     base = load_checkpoint(trained_run / "ckpt_0000004.safetensors").model
     frozen = [k for k in base if k not in ("wte.weight", "lm_head.weight")]
     assert all(np.array_equal(ckpt.model[k], base[k]) for k in frozen)  # the base stayed as it was
+    old = Tokenizer.load(trained_run / "tokenizer.txt").vocab_size
+    wte = ckpt.model["wte.weight"]
+    assert np.array_equal(wte[:old], base["wte.weight"][:old])  # old token rows: not a bit moved
+    start = base["wte.weight"][:old].astype(np.float64).mean(axis=0).astype(np.float32)
+    used = [Tokenizer.load(out / "tokenizer.txt").special_tokens[f"<|{role}_{end}|>"]
+            for role in ("user", "assistant") for end in ("start", "end")]  # no system message in the data
+    assert all(not np.allclose(wte[i], start) for i in used)  # the chat tokens' rows learned: frozen at the
+    assert len({wte[i].tobytes() for i in used}) == 4          # mean, they would all look alike to the model
     adapters = [k for k in ckpt.model if "lora_" in k]
     assert adapters and any(np.abs(ckpt.model[k]).max() > 0 for k in adapters if k.endswith("lora_B"))
 

@@ -50,7 +50,7 @@ import numpy as np
 import nn
 from nn import distributed, optim
 from tinygrad_llm.chat import lora as lora_module
-from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, render_conversation
+from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, chat_token_ids, render_conversation
 from tinygrad_llm.checkpoint import TOKENIZER_FILE, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from tinygrad_llm.model import GPT, ConfigError, GPTConfig
 from tinygrad_llm.train.config import TrainConfig
@@ -59,7 +59,8 @@ from tokenizer import Tokenizer
 from util.files import file_sha256
 
 __all__ = ["LoRASettings", "ConversationBatches", "render_all", "masked_loss", "finetuning", "ADAPTER_FILE",
-           "build_model", "merge_lora_checkpoint", "lora_model_loader", "held_out_scores"]
+           "build_model", "train_token_rows", "adapter_info", "merge_lora_checkpoint", "lora_model_loader",
+           "held_out_scores"]
 
 IGNORE = -100
 ADAPTER_FILE = "adapter.safetensors"
@@ -184,7 +185,36 @@ def build_model(model: GPT, tokenizer: Tokenizer, dtype: str, lora: LoRASettings
     if lora is None:
         return model, chat_tokenizer, list(model.named_parameters())
     adapters = lora_module.apply_lora(model, lora.rank, lora.alpha, lora.targets)
-    return model, chat_tokenizer, adapters
+    return model, chat_tokenizer, adapters + train_token_rows(model, chat_tokenizer)
+
+
+def train_token_rows(model: GPT, tokenizer: Tokenizer) -> list[tuple[str, Any]]:
+    """Let the chat tokens' rows of the (otherwise frozen) embedding and output layer learn, under LoRA.
+
+    The rows start as the mean of the old ones, and frozen there they would
+    break the chat: every chat token would look the same to the model, and the
+    logit of ``<|assistant_end|>``, the mean of all logits, could never be the
+    largest, so a greedy reply would never end. So the embedding (and the
+    output layer, when it is not tied to it) stays trainable, and a gradient
+    hook zeroes its gradient on every other row: with a zero gradient, AdamW's
+    moments stay zero and those rows do not move by a bit (weight decay is 0).
+    Returns the tensors to add to the optimizer.
+    """
+    rows = np.array(sorted(i for pair in chat_token_ids(tokenizer).values() for i in pair))
+
+    def only_chat_rows(grad: nn.Tensor) -> nn.Tensor:
+        kept = np.zeros_like(grad.data)
+        kept[rows] = grad.data[rows]
+        return nn.Tensor(kept)
+
+    trained: list[tuple[str, Any]] = []
+    for name, weight in (("wte.weight", model.wte.weight), ("lm_head.weight", model.lm_head.weight)):
+        if any(weight is p for _, p in trained):  # tied: one tensor, one hook
+            continue
+        weight.requires_grad_(True)
+        weight.register_hook(only_chat_rows)
+        trained.append((name, weight))
+    return trained
 
 
 def finetuning(model: GPT, tokenizer: Tokenizer, conversations: Mapping[str, Sequence[Sequence[Message]]],
@@ -301,3 +331,17 @@ def held_out_scores(model: GPT, tokenizer: Tokenizer, instructions: int = 200, s
             "instructions_by_family": {k: v[0] / v[1] for k, v in sorted(families.items())},
             "chatterbot_val_loss": losses["chatterbot"], "docstrings_val_loss": losses["docstrings"],
             "examples": records[:5]}
+
+
+def adapter_info(model: GPT, tokenizer: Tokenizer, **facts: Any) -> dict[str, Any]:
+    """What ``adapter.safetensors`` records beside the adapters: ``facts`` and the chat tokens' trained rows.
+
+    The rows (a few, of ``n_embd`` numbers each) go into the JSON metadata, so
+    that the adapter file alone, with the base run, rebuilds the model.
+    """
+    ids = sorted(i for pair in chat_token_ids(tokenizer).values() for i in pair)
+    rows = {name: weight.numpy()[ids].astype(float).tolist()
+            for name, weight in (("wte.weight", model.wte.weight), ("lm_head.weight", model.lm_head.weight))
+            if name == "wte.weight" or weight is not model.wte.weight}
+    return {**facts, "chat_template": TEMPLATE, "token_rows": {"ids": ids, **rows}}
+
