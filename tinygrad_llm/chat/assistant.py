@@ -51,11 +51,15 @@ def reply(model: GPT, tokenizer: Tokenizer, messages: Sequence[Message], max_new
           sampling: SamplingConfig | None = None, seed: int | None = None) -> Iterator[str]:
     """Stream the assistant's answer to ``messages`` (which end with the user's), stopping at its end token.
 
+    Any other turn marker (a model that starts the user's next turn itself) or
+    ``<|endoftext|>`` ends the reply too; the stopping token is not part of it.
+
     The oldest turns are dropped when the history and ``max_new_tokens`` do not
     fit in the model's context together; at most half the context is kept for
     the reply.
     """
-    ends = [chat_token_ids(tokenizer)["assistant"][1], tokenizer.eot_token]  # ChatFormatError without chat tokens
+    # The reply ends at <|assistant_end|>, and at any other turn marker or <|endoftext|> a model may write instead.
+    ends = sorted({i for pair in chat_token_ids(tokenizer).values() for i in pair} | {tokenizer.eot_token})
     context = model.config.block_size
     room = min(max_new_tokens, context // 2)
     history = fit_history(tokenizer, messages, context - room)

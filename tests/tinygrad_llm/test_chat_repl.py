@@ -1,0 +1,114 @@
+"""The chat's history within the context, the reply's end, and the REPL's commands, on a tiny model."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+import nn
+from tinygrad_llm.chat.assistant import fit_history, reply
+from tinygrad_llm.chat.format import add_chat_tokens, render_prompt
+from tinygrad_llm.chat.repl import ChatSession, run_repl
+from tinygrad_llm.generate import PromptError
+from tinygrad_llm.model import GPT, GPTConfig
+from tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return add_chat_tokens(Tokenizer.train("the quick brown fox jumps over the lazy dog " * 20, vocab_size=300))
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> GPT:
+    nn.manual_seed(0)
+    return GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64)).eval()
+
+
+def history(turns: int) -> list[dict]:
+    messages = [{"role": "system", "content": "be brief"}]
+    for i in range(turns):
+        messages += [{"role": "user", "content": f"question {i} the quick brown fox"},
+                     {"role": "assistant", "content": f"answer {i} the lazy dog"}]
+    return messages + [{"role": "user", "content": "last question"}]
+
+
+def test_the_oldest_turns_go_first_and_the_system_message_stays(tokenizer):
+    messages = history(6)
+    full = len(render_prompt(tokenizer, messages))
+    kept = fit_history(tokenizer, messages, full - 1)
+    assert kept[0] == messages[0] and kept[-1] == messages[-1]
+    assert kept[1:] == messages[3:]  # exactly the oldest user message and its answer went
+    assert len(render_prompt(tokenizer, kept)) <= full - 1
+    tight = fit_history(tokenizer, messages, len(render_prompt(tokenizer, [messages[0], messages[-1]])))
+    assert tight == [messages[0], messages[-1]]
+    with pytest.raises(PromptError, match="room for"):
+        fit_history(tokenizer, messages, 5)
+
+
+class Scripted:
+    """A stand-in model whose next token is always the next one of ``script`` (to test where a reply stops)."""
+
+    def __init__(self, script: list[int], vocab: int) -> None:
+        self.script, self.vocab, self.training = list(script), vocab, False
+        self.inputs: list[int] = []  # how many tokens each call read
+        self.config = GPTConfig.preset("tiny", vocab_size=vocab, block_size=64)
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def make_caches(self, batch_size: int):
+        class Cache:
+            length = 0
+
+            def reset(self) -> None:
+                self.length = 0
+        return [Cache()]
+
+    def __call__(self, ids, caches=None):
+        self.inputs.append(ids.shape[1])
+        caches[0].length += ids.shape[1]
+        logits = np.zeros((1, ids.shape[1], self.vocab), dtype=np.float32)
+        logits[0, -1, self.script.pop(0)] = 10.0
+        return nn.Tensor(logits), None
+
+
+@pytest.mark.parametrize("marker", ["<|assistant_end|>", "<|user_start|>", "<|endoftext|>"])
+def test_a_reply_ends_at_a_turn_marker_which_is_not_part_of_it(tokenizer, marker):
+    words = tokenizer.encode_ordinary(" fox jumps")
+    stop = tokenizer.special_tokens[marker]
+    script = Scripted(words + [stop] + words, tokenizer.vocab_size)
+    assert "".join(reply(script, tokenizer, history(1), max_new_tokens=20)) == " fox jumps"
+    assert script.script == words  # nothing was generated after the marker
+
+
+def test_a_long_history_is_cut_to_leave_room_for_the_reply(tokenizer):
+    messages = history(40)
+    assert len(render_prompt(tokenizer, messages)) > 64
+    script = Scripted(tokenizer.encode_ordinary(" fox") * 10, tokenizer.vocab_size)
+    text = "".join(reply(script, tokenizer, messages, max_new_tokens=10))
+    assert text == " fox" * 10
+    prompt = render_prompt(tokenizer, fit_history(tokenizer, messages, 64 - 10))
+    assert script.inputs[0] == len(prompt) <= 54  # the first call reads the whole prompt: it left room for 10 tokens
+
+
+def test_the_repl_reads_messages_and_commands_from_a_script(model, tokenizer, tmp_path):
+    session = ChatSession(model, tokenizer, system="be brief", max_new_tokens=4)
+    script = io.StringIO(f"hello fox\n/save {tmp_path / 'c.jsonl'}\n/system\n/reset\n\nbye dog\n/nonsense\n/quit\n"
+                         "never read\n")
+    out = io.StringIO()
+    assert run_repl(session, script, out, interactive=False) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith("(saved") and lines[2] == "(system message removed)"
+    assert lines[3] == "(conversation cleared)" and lines[5].startswith("(unknown command /nonsense")
+    assert len(lines) == 6  # one reply per message, one line per command, nothing after /quit
+    saved = json.loads((tmp_path / "c.jsonl").read_text(encoding="utf-8"))["messages"]
+    assert [m["role"] for m in saved] == ["system", "user", "assistant"] and saved[2]["content"] == lines[0]
+    assert session.messages == [{"role": "user", "content": "bye dog"},
+                                 {"role": "assistant", "content": lines[4]}]
