@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_commands(commands)
     _add_eval_commands(commands)
     _add_chat_commands(commands)
+    _add_serve_command(commands)
     return parser
 
 
@@ -919,6 +920,52 @@ def _add_chat_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed (default: fresh each run)")
     p.set_defaults(func=_chat)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm serve``."""
+    p = commands.add_parser("serve", help="serve a model over OpenAI's HTTP API, with a chat page at /",
+                            description="An OpenAI-compatible server: GET /v1/models, POST /v1/completions, POST "
+                                        "/v1/chat/completions (streamed with \"stream\": true), GET /health, and a "
+                                        "chat page at /. Binds to 127.0.0.1 unless told otherwise.")
+    _add_checkpoint_option(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", help="require this bearer token (Authorization: Bearer KEY) on the API")
+    p.add_argument("--model-name", help="the model's name in the API (default: the run directory's name)")
+    p.set_defaults(func=_serve)
+
+
+def _port(text: str) -> int:
+    value = _integer(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from tinygrad_llm.serve.app import create_app
+
+    model, tokenizer, checkpoint = load_any_model(args.checkpoint)
+    name = args.model_name or (checkpoint.parent.name if checkpoint.is_file() else checkpoint.name)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    print(f"serving {name} ({checkpoint}) at http://{host}:{port}/ : OpenAI API under /v1, chat page at /"
+          + ("; API key required" if args.api_key else ""), flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(model, tokenizer, name, args.api_key), log_level="warning"))
+    server.run(sockets=[sock])
+    return 0
 
 
 FINETUNE_DEFAULTS = {"lr": 3e-4, "warmup_steps": 20, "weight_decay": 0.0, "batch_size": 16, "eval_interval": 50,

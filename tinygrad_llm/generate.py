@@ -119,18 +119,21 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens:
 
 def stream_text(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], max_new_tokens: int = 200,
                 sampling: SamplingConfig | None = None, seed: int | None = None, stop: Sequence[str] = (),
-                stop_ids: Sequence[int] = ()) -> Iterator[str]:
+                stop_ids: Sequence[int] = (), record: list[int] | None = None) -> Iterator[str]:
     """Stream the text the model writes after the token ids ``ids``, ending before a stop string or stop id.
 
     Tokens can split a UTF-8 character, so bytes go through an incremental
     decoder; text that might be the start of a stop string is held back until
     it is known not to be one. A token in ``stop_ids`` ends the text and is not
-    part of it (the chat stops at ``<|assistant_end|>`` this way).
+    part of it (the chat stops at ``<|assistant_end|>`` this way). ``record``,
+    when given, receives every token id the model wrote, the stopping one too.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     held = ""
     hold = max((len(s) for s in stop), default=1) - 1
     for token in generate_tokens(model, ids, max_new_tokens, sampling or SamplingConfig(), seed, stop_ids):
+        if record is not None:
+            record.append(token)
         if token in stop_ids:
             break
         held += decoder.decode(tokenizer.token_bytes(token))

@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible HTTP server (Starlette on uvicorn) and its chat page."""

@@ -1,0 +1,295 @@
+"""``tinygrad-llm serve``: the OpenAI HTTP API in front of one model, on Starlette and uvicorn.
+
+    app = create_app(model, tokenizer, "small-chat")          # an ASGI app
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Routes:
+
+- ``GET /v1/models``: the one model this server holds;
+- ``POST /v1/completions``: continue a prompt;
+- ``POST /v1/chat/completions``: the assistant's reply to ``messages``,
+  rendered in the chat format (``chat.format.render_prompt``, the very
+  function fine-tuning trained on); a model without the chat tokens gets a 400;
+- both with ``"stream": true`` as server-sent events, one ``data: {chunk}``
+  per piece of text in OpenAI's chunk format, then ``data: [DONE]``;
+- ``GET /health``; ``GET /`` the chat page (``serve.page``).
+
+Every mistake is a 4xx in OpenAI's error shape (``serve.api``), and the
+server keeps serving: malformed JSON, an unknown field or one of the wrong
+type, a body over ``max_body`` bytes, a prompt that with ``max_tokens`` does
+not fit the context, an unknown model, a wrong API key (401, when the server
+has one), an unknown route (404) or method (405).
+
+**One request generates at a time.** The model runs in a worker thread (the
+event loop keeps answering other requests meanwhile) under a lock: concurrent
+requests queue. A streaming client that disconnects stops its generation at
+the next token. (Batched decoding, where concurrent requests share forward
+passes, is still to come: it needs attention over sequences of different
+lengths in one batch.)
+
+**Determinism.** Choice i of a request with ``seed`` s samples from the
+stream seeded ``s + i``, so a streamed and a non-streamed request with the same
+seed give the same text; without a seed each request draws a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tinygrad_llm.chat.format import ChatFormatError, chat_token_ids, has_chat_tokens, render_prompt
+from tinygrad_llm.generate import SamplingConfig, stream_text
+from tinygrad_llm.model import GPT
+from tinygrad_llm.serve.api import APIError, CompletionRequest, error_body, parse_chat, parse_completion
+from tinygrad_llm.serve.page import CHAT_PAGE
+from tokenizer import Tokenizer
+
+__all__ = ["create_app", "MAX_BODY"]
+
+MAX_BODY = 1 << 20
+"""Largest request body accepted, in bytes (1 MiB): a prompt longer than any context fits well within it."""
+
+
+@dataclass
+class Choice:
+    """One generated text and why it ended: ``stop`` (an end token or stop string) or ``length``."""
+
+    text: str
+    finish_reason: str
+    tokens: int
+
+
+class Engine:
+    """The model, its tokenizer and the lock that lets one request generate at a time."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, name: str) -> None:
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.context = model.config.block_size
+        self.chat = has_chat_tokens(tokenizer)
+        ends = {tokenizer.eot_token}
+        if self.chat:
+            ends |= {i for pair in chat_token_ids(tokenizer).values() for i in pair}
+        self.stop_ids = sorted(ends)
+        self.lock = threading.Lock()
+        self.created = int(time.time())
+
+    def prompt_ids(self, request: CompletionRequest) -> list[int]:
+        """The token ids the model continues; a 400 if they and ``max_tokens`` do not fit the context."""
+        if request.messages is not None:
+            if not self.chat:
+                raise APIError(400, f"model '{self.name}' has no chat format (it was not fine-tuned); "
+                                    "use /v1/completions", "messages")
+            try:
+                ids = render_prompt(self.tokenizer, request.messages)
+            except ChatFormatError as exc:
+                raise APIError(400, f"'messages': {exc}", "messages") from None
+        else:
+            ids = self.tokenizer.encode_ordinary(request.prompt or "")
+        room = self.context - len(ids)
+        wanted = room if request.max_tokens is None else request.max_tokens
+        if room < 1 or wanted > room:
+            raise APIError(400, f"This model's maximum context length is {self.context} tokens. However, you "
+                                f"requested {len(ids) + wanted} tokens ({len(ids)} in the prompt, {wanted} for "
+                                "the completion). Please reduce the prompt or max_tokens.",
+                           "messages" if request.messages is not None else "prompt", "context_length_exceeded")
+        request.max_tokens = wanted
+        return ids
+
+    def generate(self, ids: list[int], request: CompletionRequest, index: int, cancelled: threading.Event,
+                 record: list[int]) -> Iterator[str]:
+        """Stream choice ``index``'s text (holding the lock); ends early when ``cancelled`` is set.
+
+        ``record`` receives the token ids the model wrote, for the usage counts and the finish reason.
+        """
+        sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p)
+        seed = None if request.seed is None else (request.seed + index) % 2 ** 64
+        with self.lock:
+            for piece in stream_text(self.model, self.tokenizer, ids, request.max_tokens or 1, sampling, seed,
+                                     request.stop, self.stop_ids, record):
+                if cancelled.is_set():
+                    return
+                yield piece
+
+    def complete(self, ids: list[int], request: CompletionRequest, index: int) -> Choice:
+        """Choice ``index`` whole, with its finish reason."""
+        record: list[int] = []
+        text = "".join(self.generate(ids, request, index, threading.Event(), record))
+        return Choice(text, *self.finish(record, request))
+
+    def finish(self, record: list[int], request: CompletionRequest) -> tuple[str, int]:
+        """Why a choice ended, and how many tokens it has: ``length`` when it used all of ``max_tokens``
+        without an end token, else ``stop`` (an end token, or a stop string); the end token is not counted."""
+        ended = bool(record) and record[-1] in self.stop_ids
+        tokens = len(record) - ended
+        return ("length" if not ended and len(record) >= (request.max_tokens or 0) else "stop"), tokens
+
+
+def _error(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _read_body(request: Request) -> Any:
+    """The JSON body, at most MAX_BODY bytes; a 4xx in OpenAI's shape otherwise."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise APIError(413, f"the request body is larger than {MAX_BODY:,} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise APIError(413, f"the request body is larger than {MAX_BODY:,} bytes")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise APIError(400, f"the request body is not valid JSON ({exc})") from None
+
+
+def create_app(model: GPT, tokenizer: Tokenizer, name: str, api_key: str | None = None) -> Starlette:
+    """The ASGI app serving ``model`` under the name ``name``; with ``api_key``, requests need that bearer token."""
+    engine = Engine(model, tokenizer, name)
+
+    def check(request: Request) -> None:
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                raise APIError(401, "Incorrect API key provided.", code="invalid_api_key", kind="invalid_request_error")
+
+    def check_model(parsed: CompletionRequest) -> None:
+        if parsed.model != engine.name:
+            raise APIError(404, f"The model '{parsed.model}' does not exist; this server has '{engine.name}'",
+                           "model", "model_not_found")
+
+    async def models(request: Request) -> Response:
+        try:
+            check(request)
+        except APIError as exc:
+            return _error(exc)
+        return JSONResponse({"object": "list", "data": [
+            {"id": engine.name, "object": "model", "created": engine.created, "owned_by": "tinygrad-llm"}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": engine.name})
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(CHAT_PAGE.replace("__MODEL__", json.dumps(engine.name)))
+
+    async def handle(request: Request, chat: bool) -> Response:
+        try:
+            check(request)
+            body = await _read_body(request)
+            parsed = (parse_chat if chat else parse_completion)(body, engine.context)
+            check_model(parsed)
+            ids = engine.prompt_ids(parsed)
+        except APIError as exc:
+            return _error(exc)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
+        if parsed.stream:
+            return StreamingResponse(_events(engine, ids, parsed, ident, chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        choices = []
+        for index in range(parsed.n):
+            choices.append(await asyncio.to_thread(engine.complete, ids, parsed, index))
+        completion_tokens = sum(c.tokens for c in choices)
+        usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
+                 "total_tokens": len(ids) + completion_tokens}
+        if chat:
+            body = [{"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+                     "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
+        else:
+            body = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                    for i, c in enumerate(choices)]
+        return JSONResponse({"id": ident, "object": "chat.completion" if chat else "text_completion",
+                             "created": int(time.time()), "model": engine.name, "choices": body, "usage": usage,
+                             "system_fingerprint": None})
+
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return JSONResponse(error_body(message.get(status, str(getattr(exc, "detail", exc)))), status_code=status)
+
+    routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
+              Route("/v1/completions", completions, methods=["POST"]),
+              Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+
+def _chunk(ident: str, engine: Engine, chat: bool, index: int, text: str | None, finish: str | None,
+           first: bool = False) -> str:
+    """One server-sent event in OpenAI's chunk format."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+        if text:
+            delta["content"] = text
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        kind = "chat.completion.chunk"
+    else:
+        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        kind = "text_completion"
+    event = {"id": ident, "object": kind, "created": int(time.time()), "model": engine.name, "choices": [choice],
+             "system_fingerprint": None}
+    return f"data: {json.dumps(event)}\n\n"
+
+
+async def _events(engine: Engine, ids: list[int], request: CompletionRequest, ident: str,
+                  chat: bool) -> AsyncIterator[str]:
+    """The stream of a request: its choices one after another, each piece as it is written, then [DONE].
+
+    The model runs in a worker thread that hands each piece to the event loop
+    through a queue; when the client goes away, Starlette stops this
+    generator, and the ``finally`` tells the thread to stop at its next token.
+    """
+    loop = asyncio.get_running_loop()
+    cancelled = threading.Event()
+    completion_tokens = 0
+    try:
+        for index in range(request.n):
+            queue: asyncio.Queue = asyncio.Queue()
+            done = object()
+
+            record: list[int] = []
+
+            def produce(index: int = index, queue: asyncio.Queue = queue, done: object = done,
+                        record: list[int] = record) -> None:
+                try:
+                    for piece in engine.generate(ids, request, index, cancelled, record):
+                        loop.call_soon_threadsafe(queue.put_nowait, piece)
+                finally:
+                    loop.call_soon_threadsafe(queue.put_nowait, done)
+
+            worker = asyncio.ensure_future(asyncio.to_thread(produce))
+            if chat:
+                yield _chunk(ident, engine, chat, index, None, None, first=True)
+            while (piece := await queue.get()) is not done:
+                if piece:
+                    yield _chunk(ident, engine, chat, index, piece, None)
+            await worker
+            finish, tokens = engine.finish(record, request)
+            completion_tokens += tokens
+            yield _chunk(ident, engine, chat, index, None, finish)
+        if request.include_usage:
+            usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
+                     "total_tokens": len(ids) + completion_tokens}
+            event = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+                     "created": int(time.time()), "model": engine.name, "choices": [], "usage": usage}
+            yield f"data: {json.dumps(event)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        cancelled.set()
