@@ -71,3 +71,16 @@ def default_sigint():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    """A tiny GPT with random weights and a tokenizer with the chat tokens: enough to serve and chat with."""
+    import nn
+    from tinygrad_llm.chat.format import add_chat_tokens
+    from tinygrad_llm.model import GPT, GPTConfig
+    from tokenizer import Tokenizer
+
+    tokenizer = add_chat_tokens(Tokenizer.train("the quick brown fox jumps over the lazy dog. " * 30, vocab_size=300))
+    nn.manual_seed(0)
+    return GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64)), tokenizer

@@ -8,49 +8,16 @@ import json
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serve_helpers import NAME, start
 
-import nn
-from tinygrad_llm.chat.format import add_chat_tokens
-from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.serve.app import MAX_BODY, create_app
-from tokenizer import Tokenizer
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
-
-NAME = "tiny-chat"
-
-
-@pytest.fixture(scope="module")
-def chat_model() -> tuple[GPT, Tokenizer]:
-    tokenizer = add_chat_tokens(Tokenizer.train("the quick brown fox jumps over the lazy dog. " * 30, vocab_size=300))
-    nn.manual_seed(0)
-    model = GPT(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64))
-    return model, tokenizer
-
-
-def start(app) -> Iterator[int]:
-    """Serve ``app`` on a free port of 127.0.0.1 in a thread; yields the port, stops the server afterwards."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
-
 
 @pytest.fixture(scope="module")
 def port(chat_model) -> Iterator[int]:

@@ -35,7 +35,8 @@ CHAT_PAGE = """<!doctype html>
   <summary>Settings</summary>
   <label>System message <input id="system" size="40"></label><br>
   <label>Temperature <input id="temperature" type="number" min="0" max="2" step="0.1" value="0"></label>
-  <label>Max tokens <input id="max_tokens" type="number" min="1" value="64"></label><br>
+  <label>Max tokens <input id="max_tokens" type="number" min="1" placeholder="as many as fit"></label>
+  <label>Seed <input id="seed" type="number" placeholder="random"></label><br>
   <label>API key <input id="key" type="password" size="30"></label>
 </details>
 <script>
@@ -66,8 +67,11 @@ async function send(text) {
   const key = document.getElementById("key").value;
   if (key) headers["Authorization"] = "Bearer " + key;
   const body = {model: MODEL, messages, stream: true,
-                temperature: Number(document.getElementById("temperature").value),
-                max_tokens: Number(document.getElementById("max_tokens").value)};
+                temperature: Number(document.getElementById("temperature").value)};
+  const limit = document.getElementById("max_tokens").value;
+  if (limit) body.max_tokens = Number(limit);
+  const seed = document.getElementById("seed").value;
+  if (seed !== "") body.seed = Number(seed);
   const response = await fetch("/v1/chat/completions", {method: "POST", headers, body: JSON.stringify(body)});
   if (!response.ok) {
     const problem = await response.json().catch(() => ({error: {message: response.statusText}}));
