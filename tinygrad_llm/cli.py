@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_commands(commands)
     _add_chat_commands(commands)
     _add_serve_command(commands)
+    _add_export_command(commands)
     return parser
 
 
@@ -934,6 +935,32 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require this bearer token (Authorization: Bearer KEY) on the API")
     p.add_argument("--model-name", help="the model's name in the API (default: the run directory's name)")
     p.set_defaults(func=_serve)
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm export hf``."""
+    export = commands.add_parser("export", help="write a model in another program's format")
+    sub = export.add_subparsers(dest="export_format", metavar="FORMAT", required=True, parser_class=_Parser)
+    p = sub.add_parser("hf", help="a Hugging Face directory that transformers' AutoModelForCausalLM and "
+                                  "AutoTokenizer load",
+                       description="GPT-2 (learned positions, LayerNorm, GELU), Llama (RoPE, RMSNorm, SwiGLU) or "
+                                   "GPT-NeoX (RoPE, LayerNorm, GELU) config, model.safetensors and the tokenizer "
+                                   "files; a LoRA run is merged first.")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path,
+                   help="a checkpoint file or a run directory (its best, else latest, checkpoint)")
+    p.add_argument("--out", required=True, type=Path, help="the directory to write (empty, or an earlier export)")
+    p.set_defaults(func=_export_hf)
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from tinygrad_llm.export.huggingface import HuggingFaceError, export_checkpoint
+
+    try:
+        directory = export_checkpoint(args.checkpoint, args.out)
+    except HuggingFaceError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"wrote {directory}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(directory)!r})")
+    return 0
 
 
 def _port(text: str) -> int:

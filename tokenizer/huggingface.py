@@ -1,4 +1,4 @@
-"""Read a Hugging Face GPT-2 tokenizer (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``).
+"""Read a Hugging Face GPT-2 tokenizer (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``), and write ours as one.
 
 Hugging Face stores a byte-level BPE in two pieces:
 
@@ -26,6 +26,12 @@ added tokens are refused too: Hugging Face could never produce them.
 vocabulary and merges plus its added tokens; only a GPT-2-style byte-level
 pipeline (ByteLevel pre-tokenizer without a prefix space, no normalizer) is
 accepted, since that is what the import reproduces.
+
+``save_huggingface`` goes the other way, for any of our tokenizers: each
+token's merge is recovered from the ranks (``recover_merges``), the split
+pattern becomes a ``Split`` pre-tokenizer in the Rust engine's dialect
+(``huggingface_pattern``; GPT-2's pattern is the ByteLevel pre-tokenizer's
+own), and the special tokens become special added tokens.
 """
 
 from __future__ import annotations
@@ -33,14 +39,17 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizer.bpe import ENDOFTEXT, Tokenizer, TokenizerFileError
 from tokenizer.patterns import GPT2_PATTERN
+from util.files import atomic_write_bytes
 
-__all__ = ["byte_to_unicode", "from_huggingface", "load_huggingface", "huggingface_files"]
+__all__ = ["byte_to_unicode", "from_huggingface", "load_huggingface", "huggingface_files", "recover_merges",
+           "huggingface_pattern", "huggingface_vocabulary", "tokenizer_json", "save_huggingface"]
 
 
 @functools.cache
@@ -213,3 +222,188 @@ def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, st
     for token in data.get("added_tokens") or []:
         vocab.setdefault(token["content"], token["id"])
     return vocab, merges, added
+
+
+# ---------------------------------------------------------------------- export
+
+_INF_RANK = float("inf")
+_COUNTED_POSSESSIVE = re.compile(r"\{\d*,?\d*\}\+")
+
+
+def recover_merges(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge that makes each token of two or more bytes, in rank order: tiktoken ranks as Hugging Face merges.
+
+    A token's merge is found by encoding its own bytes with the tokens of lower
+    rank only: the encoder stops at two parts, whose merge (the lowest-ranked
+    pair from then on) makes the token.  For a vocabulary a BPE trainer made,
+    applying these merges earliest first encodes as our encoder (and tiktoken)
+    does with the ranks: the tests check it on text.  ``ValueError``
+    names a token that no two lower-ranked tokens make: no list of merges can
+    produce it as Hugging Face does.
+    """
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) < 2:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pairs = [ranks.get(a + b, _INF_RANK) for a, b in zip(parts, parts[1:], strict=False)]
+            best = min(pairs)
+            if best >= rank:
+                break
+            i = pairs.index(best)
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) != 2 or ranks.get(parts[0], rank) >= rank or ranks.get(parts[1], rank) >= rank:
+            raise ValueError(f"token {token!r} (id {rank}) is not the merge of two tokens of lower rank; "
+                             "Hugging Face's merges cannot make it")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def huggingface_pattern(pattern: str) -> str:
+    """``pattern`` in the dialect of the ``tokenizers`` library's regex engine (Oniguruma, Ruby syntax).
+
+    The two dialects differ in one construct our patterns use: ``X{1,3}+`` is a
+    possessive repeat in ``regex`` but means ``(X{1,3})+`` in Oniguruma.  At the
+    end of a top-level alternative nothing follows that could make the engine
+    back off, so there it is the plain greedy ``X{1,3}``, which both read alike;
+    anywhere else ``ValueError``.  Possessive ``?+``, ``*+`` and ``++`` mean the
+    same in both.
+    """
+    out, depth, i = [], 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":  # an escape, with its braces (\\p{L}) if it has them
+            end = i + 2
+            if pattern[i + 1:i + 2] in ("p", "P", "x", "N") and pattern[end:end + 1] == "{":
+                end = pattern.index("}", end) + 1
+            out.append(pattern[i:end])
+            i = end
+            continue
+        if c == "[":  # a character class, copied whole: ']' first (after any '^') is a member
+            end = i + 1 + (pattern[i + 1:i + 2] == "^")
+            end += pattern[end:end + 1] == "]"
+            while end < len(pattern) and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            out.append(pattern[i:end + 1])
+            i = end + 1
+            continue
+        repeat = _COUNTED_POSSESSIVE.match(pattern, i)
+        if repeat:
+            if depth or pattern[repeat.end():repeat.end() + 1] not in ("|", ""):
+                raise ValueError(f"the pre-tokenization pattern has a possessive counted repeat "
+                                 f"({repeat.group()} at {i}) that the tokenizers library reads differently: "
+                                 f"{pattern!r}")
+            out.append(repeat.group()[:-1])
+            i = repeat.end()
+            continue
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _byte_level(token: bytes) -> str:
+    table = byte_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def huggingface_vocabulary(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Our ordinary tokens as Hugging Face's byte-level ``vocab`` (token -> id) and ``merges``, in rank order."""
+    ranks = tokenizer.to_tiktoken_ranks()
+    if b"" in ranks:
+        raise ValueError(f"the empty token (id {ranks[b'']}) has no Hugging Face form")
+    vocab = {_byte_level(token): rank for token, rank in sorted(ranks.items(), key=lambda item: item[1])}
+    clash = sorted(set(tokenizer.special_tokens) & set(vocab))
+    if clash:
+        raise ValueError(f"special token {clash[0]!r} is spelled like the ordinary token {vocab[clash[0]]} in "
+                         "Hugging Face's byte-level vocabulary")
+    merges = [(_byte_level(a), _byte_level(b)) for a, b in recover_merges(ranks)]
+    return vocab, merges
+
+
+def _added_token(name: str, token_id: int) -> dict[str, Any]:
+    return {"id": token_id, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": True}
+
+
+def tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any]:
+    """The ``tokenizers`` library's description of ``tokenizer`` (the content of ``tokenizer.json``).
+
+    GPT-2's pattern is the ``ByteLevel`` pre-tokenizer's own regex, written as
+    GPT-2's ``tokenizer.json`` writes it (and so read back by
+    ``load_huggingface``); any other pattern is a ``Split`` on it (in the
+    engine's dialect, ``huggingface_pattern``) followed by the byte-to-character
+    map.  ``ignore_merges`` is tiktoken's rule that a chunk which is a token
+    whole is that token.
+    """
+    vocab, merges = huggingface_vocabulary(tokenizer)
+    if tokenizer.pattern == GPT2_PATTERN:
+        pre_tokenizer = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    else:
+        split = {"type": "Split", "pattern": {"Regex": huggingface_pattern(tokenizer.pattern)},
+                 "behavior": "Isolated", "invert": False}
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [
+            split, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    specials = sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [_added_token(name, i) for name, i in specials],
+        "normalizer": None, "pre_tokenizer": pre_tokenizer, "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},
+    }
+
+
+def save_huggingface(tokenizer: Tokenizer, directory: str | os.PathLike[str],
+                     model_max_length: int | None = None) -> list[Path]:
+    """Write ``tokenizer`` as a Hugging Face tokenizer into ``directory`` (created if missing); the files written.
+
+    ``tokenizer.json`` (see :func:`tokenizer_json`), ``tokenizer_config.json``
+    (``<|endoftext|>`` as the BOS and EOS token when there is one, every special
+    token, ``model_max_length`` when given, no clean-up of spaces when decoding)
+    and ``special_tokens_map.json``.  With GPT-2's pattern also ``vocab.json``
+    and ``merges.txt``, the older two-file form, and the tokenizer class is
+    ``GPT2Tokenizer``, which reads either form; with another pattern it is
+    ``PreTrainedTokenizerFast``, which reads ``tokenizer.json``.  Then
+    ``transformers.AutoTokenizer.from_pretrained(directory)`` encodes every text
+    to our ``encode(text, allowed_special="all")`` ids and decodes ids to our
+    text.  Each file is written atomically.  ``ValueError`` (one line) for a
+    tokenizer Hugging Face cannot express.
+    """
+    directory = Path(directory)
+    data = tokenizer_json(tokenizer)
+    specials = tokenizer.special_tokens
+    special_map: dict[str, Any] = {}
+    if ENDOFTEXT in specials:
+        special_map = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
+    extra = [name for name in specials if name != ENDOFTEXT]
+    if extra:
+        special_map["additional_special_tokens"] = extra
+    gpt2 = tokenizer.pattern == GPT2_PATTERN
+    config: dict[str, Any] = {
+        "tokenizer_class": "GPT2Tokenizer" if gpt2 else "PreTrainedTokenizerFast", **special_map,
+        "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                 for t in data["added_tokens"]},
+    }
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    files = {"tokenizer.json": data, "tokenizer_config.json": config, "special_tokens_map.json": special_map}
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [_write_json(directory / name, content) for name, content in files.items()]
+    if gpt2:
+        vocab = {**data["model"]["vocab"], **specials}
+        merges = "".join(f"{m}\n" for m in data["model"]["merges"])
+        written.append(_write_json(directory / "vocab.json", vocab))
+        atomic_write_bytes(directory / "merges.txt", f"#version: 0.2\n{merges}".encode())
+        written.append(directory / "merges.txt")
+    return written
+
+
+def _write_json(path: Path, content: Any) -> Path:
+    atomic_write_bytes(path, json.dumps(content, ensure_ascii=False, indent=2).encode("utf-8"))
+    return path

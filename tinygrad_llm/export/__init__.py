@@ -1,1 +1,1 @@
-"""Models in other programs' formats: reading a Hugging Face GPT-2 directory (export and int8 come later)."""
+"""Models in other programs' formats: Hugging Face directories read and written (int8 weights next)."""
