@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat_commands(commands)
     _add_serve_command(commands)
     _add_export_command(commands)
+    _add_quantize_command(commands)
     return parser
 
 
@@ -425,6 +426,7 @@ def load_any_model(path: Path) -> tuple[Any, Any, Path]:
     """
     from tinygrad_llm.checkpoint import load_model, read_info, resolve_checkpoint
     from tinygrad_llm.export.huggingface import HuggingFaceError, is_huggingface_directory, load_huggingface_model
+    from tinygrad_llm.export.int8 import is_int8_checkpoint, load_int8_model
 
     if is_huggingface_directory(path):
         try:
@@ -432,6 +434,8 @@ def load_any_model(path: Path) -> tuple[Any, Any, Path]:
         except HuggingFaceError as exc:
             raise CLIError(str(exc)) from None
     checkpoint = resolve_checkpoint(path)
+    if is_int8_checkpoint(checkpoint):  # written by `tinygrad-llm quantize`
+        return (*load_int8_model(checkpoint), checkpoint)
     if read_info(checkpoint).get("lora"):  # a LoRA fine-tuning run: add its adapters, load, fold them in
         from tinygrad_llm.chat.finetune import lora_model_loader
         from tinygrad_llm.chat.lora import merge_lora
@@ -960,6 +964,29 @@ def _export_hf(args: argparse.Namespace) -> int:
     except HuggingFaceError as exc:
         raise CLIError(str(exc)) from None
     print(f"wrote {directory}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(directory)!r})")
+    return 0
+
+
+def _add_quantize_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``tinygrad-llm quantize``."""
+    p = commands.add_parser("quantize", help="int8 weights for inference (about 4x smaller)",
+                            description="Weight-only int8 with one absmax scale per output row; generate, chat, "
+                                        "eval and serve read the file like any checkpoint.")
+    p.add_argument("--checkpoint", "-c", required=True, type=Path,
+                   help="a checkpoint file or a run directory (its best, else latest, checkpoint)")
+    p.add_argument("--out", required=True, type=Path, help="the .safetensors file to write (tokenizer.txt goes "
+                                                           "beside it)")
+    p.set_defaults(func=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from tinygrad_llm.export.int8 import QuantizationError, quantize_checkpoint
+
+    try:
+        target = quantize_checkpoint(args.checkpoint, args.out)
+    except QuantizationError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"wrote {target} (int8 weights, one scale per row); use it as --checkpoint {target}")
     return 0
 
 

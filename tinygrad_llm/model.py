@@ -314,7 +314,7 @@ class GPT(Module):
     def make_caches(self, batch_size: int, max_length: int | None = None) -> list[KVCache]:
         """Empty KV caches, one per layer, holding up to ``max_length`` (default: the context) positions."""
         c = self.config
-        dtype, device = self.wte.weight.dtype, self.wte.weight.device
+        dtype, device = self.ln_f.weight.dtype, self.ln_f.weight.device  # (wte may hold int8 weights)
         kv_heads = self.h[0].attn.n_kv_head  # this process's share under tensor parallelism
         return [KVCache(batch_size, kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
                 for _ in range(c.n_layer)]

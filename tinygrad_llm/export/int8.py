@@ -36,12 +36,14 @@ input. Rounding errors behave instead like independent uniform noise on
 while the output itself is about sigma_i ||x||_2 for a row with weights of
 standard deviation sigma_i. The relative error of an output is therefore about
 s_i / (sqrt(12) sigma_i) = (max_j |W_ij| / sigma_i) / (127 sqrt(12)): for a
-Gaussian row of 256 to 4096 weights the maximum is 3 to 4 sigma, giving 0.7 %
-to 0.9 % per layer (an outlier weight raises its row's s and so its row's
-error, which is why the scale is per row and not per matrix). The errors of
-the 4 L + 1 matrices of a GPT of L layers add up as independent noise in the
-residual stream, and a trained model's perplexity moves by far less than its
-logits do (``benchmarks/int8.py`` measures it: under 1 % is the target).
+Gaussian row of 64 to 4096 weights the maximum is about 2.4 to 3.6 sigma,
+giving 0.55 % to 0.8 % per layer (an outlier weight raises its row's s and
+so its row's error, which is why the scale is per row and not per matrix).
+The errors of the 4 L matrices of the blocks and of the head add up as
+independent noise in the residual stream and the logits. Measured
+(``benchmarks/int8.py``, the small model): the logits' RMS error is 0.7 % of
+their spread and the validation perplexity moves by 0.003 % (the target was
+under 1 %); the tests hold random tiny GPTs to 2 %.
 
 **Why one scale per output channel.** llama.cpp's ``Q8_0`` stores a float16
 scale for every block of 32 weights along the input dimension; a matrix
@@ -54,26 +56,40 @@ With one scale per output row the scale factors out of the sum,
 
 so the layer multiplies the raw product by the (out,) vector s after the
 matmul: out multiplies per input row, instead of materialising s_i q_ij as a
-float matrix. tinygrad's ``Int8Linear`` (in its LLaMA example) uses the same
-per-output-channel absmax scheme, and so does PyTorch's dynamic quantization
-of Linear weights (``torch.ao.quantization.quantize_dynamic``, per-channel
-qconfig). The price against Q8_0 is accuracy when a row has an outlier: its
-whole row of 256 to 4096 weights shares the coarser step, not just 32 of them.
+float matrix. tinygrad's ``Int8Linear`` (``examples/llama3.py``) uses the
+same per-output-channel absmax scheme, with float16 scales, and writes the
+product as ``x.dot(q.cast(half).T * scale)``, leaving its graph compiler to
+fuse the scaling into the kernel; without a compiler we apply s after the
+product. PyTorch's dynamic quantization offers the scheme as
+``per_channel_dynamic_qconfig`` (its default is one scale per matrix). The
+price against Q8_0 is accuracy when a row has an outlier: its whole row of
+256 to 4096 weights shares the coarser step, not just 32 of them.
 
-**The matmul.** BLAS multiplies floats, so q is converted to float per call.
-The choices, measured for a (4096, 256) head in this module's design (see
-``benchmarks/int8.py``): keeping a float32 copy of q beside it would make the
-matmul as fast as the float model's but keep the float model's memory, which
-is what quantization is for; NumPy's mixed-type ``x @ q.T`` (int8 right
-operand) does not use BLAS at all and is 5 to 15 times slower than casting
-first; so :class:`Int8Linear` casts q to the input's dtype, block of rows by
-block of rows (at most ``CHUNK_ELEMENTS`` numbers, 4 MiB of float32, at a
-time), and lets BLAS write each block's outputs. The temporary is bounded
-whatever the layer's size (a GPT-2 head of 50257 x 768 would otherwise need a
-154 MB float copy per call), and resident memory stays one byte per weight.
-For a batch of many tokens (prompt processing, perplexity) the cast is small
-against the matmul; for one token at a time (generation) the cast of the whole
-matrix is the work, and an int8 layer is then slower than a float32 one.
+**The matmul.** BLAS multiplies floats, so q is converted to float for every
+product. Three ways, measured in ``benchmarks/int8.py`` (one thread, the
+small model's (4096, 256) head): keeping a float32 copy of q beside it makes
+the product as fast as the float model's but keeps the float model's memory,
+which is what quantization is there to save; NumPy's mixed-type ``x @ q.T``
+(the int8 matrix as it is) is 5x slower than casting first for one row
+(0.82 ms against 0.16 ms; it converts through a slow generic loop) and no
+faster for 1024 rows; casting q to the input's dtype and calling BLAS is what
+:class:`Int8Linear` does. It casts block of rows by block of rows, at most
+``CHUNK_ELEMENTS`` weights (4 MiB of float32) at a time, BLAS writing each
+block's outputs in place: the temporary stays small whatever the layer (a
+GPT-2 head, 50304 x 768, would need a 154 MB float copy per call, and
+measured 30 ms per one-row product cast whole against 6 ms in 4 MiB blocks:
+page faults on the big temporary; blocks of 1 MiB or less were slower
+again). For a batch of many tokens (a prompt, perplexity) the cast is small
+against the matmul (+6 % for 1024 rows of the head). For one row at a time,
+in isolation with the weight hot in the cache, the cast is most of the work
+(the head: 0.16 ms against 0.06 ms in float32). Decoding a whole model is
+different: each token reads every weight once, from memory rather than from
+a warm cache, and the int8 model reads a quarter of the bytes (its float
+block is small and reused). Profiled on the small model, a decoding step's
+matrix products averaged 54 us per layer in int8, cast included, against
+62 us in float32, and the int8 model generated about 10 % faster
+(``benchmarks/int8.py``): less memory traffic is why int8 weights are the
+usual choice for LLM decoding.
 
 **Which tensors.** Every ``Linear`` of the model: per block attn.c_attn,
 attn.c_proj, mlp.c_fc, mlp.c_proj, and the output head lm_head. The token
@@ -108,6 +124,7 @@ tensor-parallel slice), is refused.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -133,7 +150,7 @@ from util.files import atomic_write, file_sha256
 
 __all__ = ["SCHEME", "CHUNK_ELEMENTS", "QuantizationError", "quantize_per_channel", "Int8Linear", "Int8Embedding",
            "quantize_model", "is_quantized", "save_int8", "is_int8_checkpoint", "load_int8_model",
-           "quantize_checkpoint"]
+           "quantize_checkpoint", "release_freed_memory"]
 
 SCHEME = "int8-per-channel-absmax"
 """The ``info["quantization"]["scheme"]`` of the files written here."""
@@ -164,6 +181,13 @@ def quantize_per_channel(weight: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(w / divisor).astype(np.int8), scale
 
 
+def _quantized_into(layer: Int8Linear | Int8Embedding, weight: Tensor) -> Int8Linear | Int8Embedding:
+    """Fill ``layer``'s qweight and scale with ``weight`` quantized per row, on the weight's device."""
+    q, s = quantize_per_channel(weight)
+    layer.qweight.data, layer.scale.data = backend.to_device(q, weight.device), backend.to_device(s, weight.device)
+    return layer
+
+
 def _dequantized(qweight: Tensor, scale: Tensor) -> Tensor:
     return Tensor(qweight.data.astype(scale.dtype) * scale.data[:, None])
 
@@ -188,10 +212,7 @@ class Int8Linear(Module):
     @classmethod
     def from_linear(cls, linear: Linear) -> Int8Linear:
         """The quantized copy of ``linear``: its weight quantized per row, its bias kept as it is (shared)."""
-        layer = cls(linear.in_features, linear.out_features, bias=False)
-        q, s = quantize_per_channel(linear.weight)
-        layer.qweight.data, layer.scale.data = backend.to_device(q, linear.weight.device), \
-            backend.to_device(s, linear.weight.device)
+        layer = _quantized_into(cls(linear.in_features, linear.out_features, bias=False), linear.weight)
         layer.register_buffer("bias", Tensor(linear.bias.data) if linear.bias is not None else None)
         return layer
 
@@ -246,11 +267,8 @@ class Int8Embedding(Module):
 
     @classmethod
     def from_embedding(cls, embedding: Embedding) -> Int8Embedding:
-        layer = cls(embedding.num_embeddings, embedding.embedding_dim)
-        q, s = quantize_per_channel(embedding.weight)
-        device = embedding.weight.device
-        layer.qweight.data, layer.scale.data = backend.to_device(q, device), backend.to_device(s, device)
-        return layer
+        """The quantized copy of ``embedding``: one scale per row (per token)."""
+        return _quantized_into(cls(embedding.num_embeddings, embedding.embedding_dim), embedding.weight)
 
     @property
     def weight(self) -> Tensor:
@@ -315,12 +333,15 @@ def quantize_model(model: GPT) -> GPT:
     model had one). The float matrices are dropped (freed unless something
     else holds them); what stays float (biases, norms, wpe) is frozen
     (``requires_grad`` off) and the model is left in eval mode: it is for
-    inference only. A QuantizationError (nothing changed) for a model that is
-    already quantized, holds LoRA adapters or other non-plain matrix layers,
-    or is a tensor-parallel slice.
+    inference only. The freed memory is handed back to the system
+    (:func:`release_freed_memory`). A QuantizationError (nothing changed) for
+    a model that is already quantized, holds LoRA adapters or other non-plain
+    matrix layers, or is a tensor-parallel slice.
     """
     _check_quantizable(model)
-    return _replace_layers(model, Int8Linear.from_linear, Int8Embedding.from_embedding)
+    _replace_layers(model, Int8Linear.from_linear, Int8Embedding.from_embedding)
+    release_freed_memory()
+    return model
 
 
 def _replace_layers(model: GPT, linear: Callable[[Linear], Int8Linear],
@@ -347,7 +368,7 @@ def _int8_skeleton(config: GPTConfig) -> GPT:
     GPT's constructor allocates and initialises the float weights first, so
     the peak memory while loading is the float model's; they are dropped here
     (without the wasted work of quantizing them), so what stays resident is
-    the int8 model.
+    the int8 model (see :func:`release_freed_memory`).
     """
     return _replace_layers(GPT(config), lambda m: Int8Linear(m.in_features, m.out_features, m.bias is not None),
                            lambda m: Int8Embedding(m.num_embeddings, m.embedding_dim))
@@ -395,7 +416,28 @@ def load_int8_model(path: str | Path) -> tuple[GPT, Tokenizer]:
     if not isinstance(record, dict) or record.get("scheme") != SCHEME:
         scheme = record.get("scheme") if isinstance(record, dict) else record
         raise QuantizationError(f"{path}: unknown quantization scheme {scheme!r} (this version reads {SCHEME})")
-    return load_model(path, build=_int8_skeleton)
+    model, tokenizer = load_model(path, build=_int8_skeleton)
+    release_freed_memory()
+    return model, tokenizer
+
+
+def release_freed_memory() -> None:
+    """Ask the C allocator to give its freed pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Loading builds the float32 GPT first (its constructor allocates the
+    weights) and drops its matrices for the int8 ones. glibc keeps such freed
+    memory mapped for reuse: after the first large free it raises its mmap
+    threshold, so later arrays of a few MB come from the heap, whose holes
+    are not returned. Measured on the small model (``benchmarks/int8.py``):
+    loading the int8 model grew the process by 29 MB without this call and by
+    6.3 MB with it, the model's arrays (the float32 model: 31 MB, and 18.7 MB
+    after the same call); so resident memory shows the saving, not just the
+    array sizes.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: no such function
+        pass
 
 
 def quantize_checkpoint(source: str | Path, out_path: str | Path) -> Path:
