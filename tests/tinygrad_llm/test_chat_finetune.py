@@ -196,6 +196,7 @@ def test_lora_run_trains_only_adapters_and_merges_to_the_same_replies(trained_ru
 
     status, _, err = cli(capsys, "merge", "-c", out, "--out", tmp_path / "merged")
     assert status == 0, err
+    one_error(*cli(capsys, "merge", "-c", out, "--out", out)[::2], "already holds a run")  # never over a run
     merged = load_checkpoint(tmp_path / "merged" / "best.safetensors")
     assert not any("lora_" in k for k in merged.model)
     questions = ["What is 2 + 3?", "Upper-case 'abc'."]
@@ -223,3 +224,10 @@ def test_finetune_mistakes_are_one_line(trained_run, tmp_path, capsys, monkeypat
     write_data(tmp_path / "d.jsonl")
     one_error(*cli(capsys, "finetune", "--base", trained_run, "--out", tmp_path / "o", "--max-steps", "1",
                    *(args if "--data" in args else ["--data", "d.jsonl", *args]))[::2], message)
+
+
+def test_finetune_into_the_base_run_is_refused_before_anything_is_written(run_copy, capsys):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    one_error(*cli(capsys, "finetune", "--base", run_copy, "--out", run_copy, "--max-steps", "1")[::2],
+              "already holds checkpoints")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before

@@ -51,7 +51,14 @@ import nn
 from nn import distributed, optim
 from tinygrad_llm.chat import lora as lora_module
 from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, chat_token_ids, render_conversation
-from tinygrad_llm.checkpoint import TOKENIZER_FILE, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tinygrad_llm.checkpoint import (
+    TOKENIZER_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    step_checkpoints,
+)
 from tinygrad_llm.model import GPT, ConfigError, GPTConfig
 from tinygrad_llm.train.config import TrainConfig
 from tinygrad_llm.train.loop import Setup, Trainer
@@ -239,6 +246,9 @@ def finetuning(model: GPT, tokenizer: Tokenizer, conversations: Mapping[str, Seq
     batches = ConversationBatches(train, config.batch_size, block, pad, config.seed)
 
     out = Path(config.out_dir)
+    if not resume and step_checkpoints(out):  # before anything is written there: it may be the base run itself
+        raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue that run or choose another "
+                          "--out")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_path = out / TOKENIZER_FILE
     if not tokenizer_path.exists() or Tokenizer.load(tokenizer_path).special_tokens != chat_tokenizer.special_tokens:
@@ -292,6 +302,8 @@ def merge_lora_checkpoint(source: str | Path, destination: str | Path) -> Path:
         raise CheckpointError(f"{path}: {exc}") from None
     lora_module.merge_lora(model)
     destination = Path(destination)
+    if step_checkpoints(destination) or (destination / "best.safetensors").exists():
+        raise CheckpointError(f"{destination} already holds a run; merge into a new directory")
     destination.mkdir(parents=True, exist_ok=True)
     info = {**ckpt.info, "lora": None, "merged_from": str(path), "lora_merged": settings}
     target = destination / "best.safetensors"
