@@ -22,7 +22,7 @@ from nn.module import Module
 from nn.ops.shape import cat
 from nn.tensor import Tensor
 
-__all__ = ["CausalSelfAttention", "KVCache", "rope_tables", "apply_rope", "repeat_kv"]
+__all__ = ["CausalSelfAttention", "KVCache", "RaggedKVCache", "rope_tables", "apply_rope", "repeat_kv"]
 
 
 def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0,
@@ -91,6 +91,75 @@ class KVCache:
         self.length = 0
 
 
+class RaggedKVCache:
+    """The keys and values of several sequences of different lengths, one row each: batched decoding.
+
+    A server decodes many requests at once: each step feeds one new token per
+    sequence through the model together, but the sequences started at
+    different times, so row b has ``lengths[b]`` valid positions. New tokens go
+    to each row's own next positions; :meth:`mask` lets each query see only its
+    row's keys (the rest of a row is padding), and :meth:`positions` gives each
+    new token its own absolute position (for learned or rotary positions).
+    Sequences join (:meth:`extend`, from single-sequence caches after their
+    prompt) and leave (:meth:`keep`) between steps.
+    """
+
+    def __init__(self, k: Any, v: Any, lengths: Any, max_length: int) -> None:
+        self.k, self.v = k, v                      # (B, G, max_length, head_dim)
+        self.lengths = np.asarray(lengths, dtype=np.int64).copy()
+        self.max_length = max_length
+
+    @classmethod
+    def from_caches(cls, caches: list[KVCache]) -> RaggedKVCache:
+        """One row per single-sequence cache (each of batch size 1), with its length."""
+        xp = backend.xp_of(caches[0].k)
+        return cls(xp.concatenate([c.k for c in caches]), xp.concatenate([c.v for c in caches]),
+                   [c.length for c in caches], caches[0].max_length)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    def extend(self, other: RaggedKVCache) -> None:
+        """Add ``other``'s rows after this cache's."""
+        xp = backend.xp_of(self.k)
+        self.k, self.v = xp.concatenate([self.k, other.k]), xp.concatenate([self.v, other.v])
+        self.lengths = np.concatenate([self.lengths, other.lengths])
+
+    def keep(self, rows: Any) -> None:
+        """Keep only ``rows`` (indices, in order): the other sequences have left the batch."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.k, self.v, self.lengths = self.k[rows], self.v[rows], self.lengths[rows]
+
+    def positions(self, t: int) -> np.ndarray:
+        """The absolute positions (B, t) of ``t`` new tokens per row."""
+        return self.lengths[:, None] + np.arange(t)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store each row's k, v (B, G, t, d) after that row's tokens; return keys and values (B, G, S, d),
+        S the longest row (shorter rows are padded: :meth:`mask` hides the padding)."""
+        t = k.shape[2]
+        if int(self.lengths.max(initial=0)) + t > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {int(self.lengths.max()) + t} needed")
+        for b, start in enumerate(self.lengths.tolist()):
+            self.k[b, :, start:start + t] = k.data[b]
+            self.v[b, :, start:start + t] = v.data[b]
+        self.lengths += t
+        end = int(self.lengths.max())
+        return Tensor(self.k[:, :, :end]), Tensor(self.v[:, :, :end])
+
+    def mask(self, t: int) -> Any:
+        """After :meth:`append`: (B, 1, t, S) booleans, True where new token i of row b may see key j.
+
+        Token i of row b sits at position lengths[b] - t + i and sees the keys
+        at positions 0 .. lengths[b] - t + i of its own row.
+        """
+        xp = backend.xp_of(self.k)
+        end = int(self.lengths.max())
+        last = backend.to_device(self.lengths[:, None] - t + np.arange(t), backend.device_of(self.k))  # (B, t)
+        return (xp.arange(end)[None, None, :] <= last[:, :, None])[:, None]
+
+
 class CausalSelfAttention(Module):
     """Multi-head attention where position t attends to positions <= t.
 
@@ -138,15 +207,22 @@ class CausalSelfAttention(Module):
         q = q.reshape(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
         k = k.reshape(b, t, g, d).transpose(1, 2)  # (B, G, T, d)
         v = v.reshape(b, t, g, d).transpose(1, 2)
-        start = cache.length if cache is not None else 0
+        ragged = isinstance(cache, RaggedKVCache)  # batched decoding: each row at its own position
+        start = cache.length if cache is not None and not ragged else 0
         if self.pos == "rope":
-            cos, sin = (table[start:start + t] for table in self.rope(q))
+            if ragged:  # each row's own angles: (B, 1, t, d), broadcast over the heads
+                positions = cache.positions(t)
+                cos, sin = (Tensor(table.data[positions][:, None]) for table in self.rope(q))
+            else:
+                cos, sin = (table[start:start + t] for table in self.rope(q))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, G, S, d)
         k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
         dropout = self.dropout if self.training else 0.0
-        if start == 0:
+        if ragged:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(t), dropout_p=dropout)
+        elif start == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:  # new query i sits at absolute position start + i and may see keys 0 .. start + i
             xp = backend.xp_of(q.data)

@@ -938,6 +938,8 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", help="require this bearer token (Authorization: Bearer KEY) on the API")
     p.add_argument("--model-name", help="the model's name in the API (default: the run directory's name)")
+    p.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="the most requests decoded together (default 16; more wait for a place)")
     p.set_defaults(func=_serve)
 
 
@@ -1011,13 +1013,15 @@ def _serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(2048)  # connections wait in the backlog from now on, even before uvicorn accepts them
     except OSError as exc:
         sock.close()
         raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
     print(f"serving {name} ({checkpoint}) at http://{host}:{port}/ : OpenAI API under /v1, chat page at /"
           + ("; API key required" if args.api_key else ""), flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(model, tokenizer, name, args.api_key), log_level="warning"))
+    app = create_app(model, tokenizer, name, args.api_key, args.max_batch)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
     return 0
 

@@ -14,7 +14,7 @@ tokens (positions restart, which is what a model with learned positions needs).
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,8 @@ import nn
 from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
 
-__all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "stream_text", "PromptError"]
+__all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "stream_text", "decode_stream",
+           "PromptError"]
 
 
 class PromptError(ValueError):
@@ -122,16 +123,26 @@ def stream_text(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], max_new_to
                 stop_ids: Sequence[int] = (), record: list[int] | None = None) -> Iterator[str]:
     """Stream the text the model writes after the token ids ``ids``, ending before a stop string or stop id.
 
+    A token in ``stop_ids`` ends the text and is not part of it (the chat stops
+    at ``<|assistant_end|>`` this way). ``record``, when given, receives every
+    token id the model wrote, the stopping one too (:func:`decode_stream`).
+    """
+    tokens = generate_tokens(model, ids, max_new_tokens, sampling or SamplingConfig(), seed, stop_ids)
+    return decode_stream(tokenizer, tokens, stop, stop_ids, record)
+
+
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
+                  record: list[int] | None = None) -> Iterator[str]:
+    """Text pieces from a stream of token ids (a model's, one by one), ending before a stop string or stop id.
+
     Tokens can split a UTF-8 character, so bytes go through an incremental
     decoder; text that might be the start of a stop string is held back until
-    it is known not to be one. A token in ``stop_ids`` ends the text and is not
-    part of it (the chat stops at ``<|assistant_end|>`` this way). ``record``,
-    when given, receives every token id the model wrote, the stopping one too.
+    it is known not to be one. ``record`` receives every id, the stopping one too.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     held = ""
     hold = max((len(s) for s in stop), default=1) - 1
-    for token in generate_tokens(model, ids, max_new_tokens, sampling or SamplingConfig(), seed, stop_ids):
+    for token in tokens:
         if record is not None:
             record.append(token)
         if token in stop_ids:

@@ -23,7 +23,7 @@ import numpy as np
 
 import nn
 from nn import functional as F
-from nn.attention import CausalSelfAttention, KVCache
+from nn.attention import CausalSelfAttention, KVCache, RaggedKVCache
 from nn.layers import Dropout, Embedding, LayerNorm, Linear, ModuleList, RMSNorm
 from nn.module import Module
 from nn.tensor import Tensor
@@ -289,12 +289,16 @@ class GPT(Module):
         """
         ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         b, t = ids.shape
-        start = caches[0].length if caches else 0
-        if start + t > self.config.block_size:
-            raise ValueError(f"sequence of {start + t} tokens is longer than the context ({self.config.block_size})")
+        if caches and isinstance(caches[0], RaggedKVCache):  # batched decoding: row r continues at its own position
+            positions = caches[0].positions(t)
+        else:
+            positions = np.arange(t) + (caches[0].length if caches else 0)
+        if int(positions.max()) + 1 > self.config.block_size:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the context "
+                             f"({self.config.block_size})")
         x = self.wte(ids)
         if self.config.pos == "learned":
-            x = x + self.wpe(np.arange(start, start + t))
+            x = x + self.wpe(positions)
         x = self.drop(x)
         for i, block in enumerate(self.h):
             cache = caches[i] if caches else None

@@ -115,6 +115,25 @@ def test_context_overflow_names_the_limit(client):
         client.completions.create(model=NAME, prompt="fox " * 60, max_tokens=10)
 
 
+def test_concurrent_clients_share_steps_and_each_gets_its_own_text(chat_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(*chat_model, NAME)
+    prompts = ["the quick", "brown fox jumps", "over", "the lazy dog", "fox fox", "dog"]
+    def ask(client, i: int) -> str:
+        stream = client.completions.create(model=NAME, prompt=prompts[i], max_tokens=20, seed=i, temperature=0.7,
+                                           stream=True)
+        return "".join(chunk.choices[0].text for chunk in stream)
+
+    for port in start(app):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120)
+        alone = [ask(client, i) for i in range(len(prompts))]
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(lambda i, c=client: ask(c, i), range(len(prompts))))
+    assert together == alone
+    assert app.state.engine.decoder.largest_batch > 1  # the concurrent requests shared forward passes
+
+
 # ---------------------------------------------------------------------- raw HTTP
 
 

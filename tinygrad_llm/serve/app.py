@@ -20,12 +20,11 @@ type, a body over ``max_body`` bytes, a prompt that with ``max_tokens`` does
 not fit the context, an unknown model, a wrong API key (401, when the server
 has one), an unknown route (404) or method (405).
 
-**One request generates at a time.** The model runs in a worker thread (the
-event loop keeps answering other requests meanwhile) under a lock: concurrent
-requests queue. A streaming client that disconnects stops its generation at
-the next token. (Batched decoding, where concurrent requests share forward
-passes, is still to come: it needs attention over sequences of different
-lengths in one batch.)
+**Batched decoding.** One thread owns the model (``serve.batch.BatchDecoder``):
+concurrent requests share its forward passes, each sequence with its own rows
+of the KV cache, joining the batch when its prompt has been read and leaving
+when it ends; the event loop keeps answering meanwhile. A streaming client
+that disconnects frees its row at the next step.
 
 **Determinism.** Choice i of a request with ``seed`` s samples from the
 stream seeded ``s + i``, so a streamed and a non-streamed request with the same
@@ -50,9 +49,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from tinygrad_llm.chat.format import ChatFormatError, chat_token_ids, has_chat_tokens, render_prompt
-from tinygrad_llm.generate import SamplingConfig, stream_text
+from tinygrad_llm.generate import SamplingConfig, decode_stream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.serve.api import APIError, CompletionRequest, error_body, parse_chat, parse_completion
+from tinygrad_llm.serve.batch import BatchDecoder
 from tinygrad_llm.serve.page import CHAT_PAGE
 from tokenizer import Tokenizer
 
@@ -72,17 +72,17 @@ class Choice:
 
 
 class Engine:
-    """The model, its tokenizer and the lock that lets one request generate at a time."""
+    """The model, its tokenizer and the decoder that runs every request's generation."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, name: str) -> None:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, name: str, max_batch: int = 16) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.decoder = BatchDecoder(self.model, max_batch)
         self.context = model.config.block_size
         self.chat = has_chat_tokens(tokenizer)
         ends = {tokenizer.eot_token}
         if self.chat:
             ends |= {i for pair in chat_token_ids(tokenizer).values() for i in pair}
         self.stop_ids = sorted(ends)
-        self.lock = threading.Lock()
         self.created = int(time.time())
 
     def prompt_ids(self, request: CompletionRequest) -> list[int]:
@@ -109,18 +109,20 @@ class Engine:
 
     def generate(self, ids: list[int], request: CompletionRequest, index: int, cancelled: threading.Event,
                  record: list[int]) -> Iterator[str]:
-        """Stream choice ``index``'s text (holding the lock); ends early when ``cancelled`` is set.
+        """Stream choice ``index``'s text, decoded in the shared batch; ends early when ``cancelled`` is set.
 
         ``record`` receives the token ids the model wrote, for the usage counts and the finish reason.
         """
         sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p)
         seed = None if request.seed is None else (request.seed + index) % 2 ** 64
-        with self.lock:
-            for piece in stream_text(self.model, self.tokenizer, ids, request.max_tokens or 1, sampling, seed,
-                                     request.stop, self.stop_ids, record):
+        tokens = self.decoder.submit(ids, request.max_tokens or 1, sampling, seed, self.stop_ids)
+        try:
+            for piece in decode_stream(self.tokenizer, tokens, request.stop, self.stop_ids, record):
                 if cancelled.is_set():
                     return
                 yield piece
+        finally:
+            tokens.close()  # a stop string or a client gone: the sequence leaves the batch
 
     def complete(self, ids: list[int], request: CompletionRequest, index: int) -> Choice:
         """Choice ``index`` whole, with its finish reason."""
@@ -156,9 +158,13 @@ async def _read_body(request: Request) -> Any:
         raise APIError(400, f"the request body is not valid JSON ({exc})") from None
 
 
-def create_app(model: GPT, tokenizer: Tokenizer, name: str, api_key: str | None = None) -> Starlette:
-    """The ASGI app serving ``model`` under the name ``name``; with ``api_key``, requests need that bearer token."""
-    engine = Engine(model, tokenizer, name)
+def create_app(model: GPT, tokenizer: Tokenizer, name: str, api_key: str | None = None,
+               max_batch: int = 16) -> Starlette:
+    """The ASGI app serving ``model`` under the name ``name``; with ``api_key``, requests need that bearer token.
+
+    ``max_batch`` is the most sequences decoded together; more requests wait for a row.
+    """
+    engine = Engine(model, tokenizer, name, max_batch)
 
     def check(request: Request) -> None:
         if api_key is not None:
@@ -228,7 +234,9 @@ def create_app(model: GPT, tokenizer: Tokenizer, name: str, api_key: str | None 
     routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/chat/completions", chat_completions, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.engine = engine  # for tests and tools: the decoder's counters
+    return app
 
 
 def _chunk(ident: str, engine: Engine, chat: bool, index: int, text: str | None, finish: str | None,
