@@ -39,6 +39,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,9 @@ class Engine:
     def __init__(self, model: GPT, tokenizer: Tokenizer, name: str, max_batch: int = 16) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.decoder = BatchDecoder(self.model, max_batch)
+        # Each request in flight has a thread that waits for its tokens (they block, not compute): enough of them
+        # for a full batch and a queue behind it; asyncio's default pool (cores + 4) would cap the batch at that.
+        self.waiters = ThreadPoolExecutor(max_workers=4 * max_batch + 8, thread_name_prefix="request")
         self.context = model.config.block_size
         self.chat = has_chat_tokens(tokenizer)
         ends = {tokenizer.eot_token}
@@ -206,7 +210,8 @@ def create_app(model: GPT, tokenizer: Tokenizer, name: str, api_key: str | None 
                                      headers={"Cache-Control": "no-cache"})
         choices = []
         for index in range(parsed.n):
-            choices.append(await asyncio.to_thread(engine.complete, ids, parsed, index))
+            choices.append(await asyncio.get_running_loop().run_in_executor(engine.waiters, engine.complete, ids,
+                                                                            parsed, index))
         completion_tokens = sum(c.tokens for c in choices)
         usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
                  "total_tokens": len(ids) + completion_tokens}
@@ -282,7 +287,7 @@ async def _events(engine: Engine, ids: list[int], request: CompletionRequest, id
                 finally:
                     loop.call_soon_threadsafe(queue.put_nowait, done)
 
-            worker = asyncio.ensure_future(asyncio.to_thread(produce))
+            worker = loop.run_in_executor(engine.waiters, produce)
             if chat:
                 yield _chunk(ident, engine, chat, index, None, None, first=True)
             while (piece := await queue.get()) is not done:
