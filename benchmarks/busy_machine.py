@@ -58,7 +58,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, cpu_model, torch_reference, write_json
+from harness import THREAD_VARS, cpu_model, import_from_repository, torch_reference, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDITIONS = ("quiet", "busy")
@@ -452,6 +452,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    here = Path(__file__).resolve().parent  # benchmarks/tokenizer.py would shadow the tokenizer package
-    sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    import_from_repository()  # benchmarks/tokenizer.py would shadow the tokenizer package
     sys.exit(main())

@@ -112,7 +112,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, PipeWorker, cpu_model, write_json
+from harness import THREAD_VARS, PipeWorker, cpu_model, import_from_repository, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET, VOCAB_SIZE, BATCH_SIZE = "small", 4102, 16
@@ -419,9 +419,10 @@ class _Worker(PipeWorker):
         the steps' own CPU time, over their wall time), or None without /proc/stat.
         """
         time.sleep(gap)
-        before = _machine_busy_s()
+        from tinygrad_llm.train.hardware import cores_busy_seconds  # this process's cores, busy
+        before = cores_busy_seconds()
         lead, *timed = self.ask(f"steps {mode} {steps + 1}")["steps"]
-        after = _machine_busy_s()
+        after = cores_busy_seconds()
         foreign = None
         if before is not None and after is not None:
             every = [lead, *timed]
@@ -430,17 +431,6 @@ class _Worker(PipeWorker):
 
     def close(self) -> None:
         super().close(goodbye="quit")
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq, steal), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _round_order(i: int) -> list[str]:
@@ -648,8 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/finetune_step.json")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    here = Path(__file__).resolve().parent  # benchmarks/tokenizer.py would shadow the tokenizer package
-    sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    import_from_repository()  # benchmarks/tokenizer.py would shadow the tokenizer package
     if args.worker:
         os.environ.update({v: str(args.threads) for v in THREAD_VARS})  # before NumPy or torch is imported
         return _worker(args)

@@ -111,3 +111,9 @@ def torch_reference(fields: dict[str, Any], c: Any) -> tuple[Any, Any, Any, Any,
     loader = BatchLoader(shards, c.batch_size, config.block_size, seed=c.seed)
     return model, opt, loader, config, shards
 
+
+def import_from_repository() -> None:
+    """Put the repository first on ``sys.path`` and drop ``benchmarks/``: ``benchmarks/tokenizer.py`` (a script)
+    would otherwise shadow the ``tokenizer`` package in the processes a benchmark starts."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != here]

@@ -60,7 +60,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, PipeWorker, cpu_model, torch_reference, write_json
+from harness import THREAD_VARS, PipeWorker, cpu_model, import_from_repository, torch_reference, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_PHASES = ("forward", "backward", "optimizer")
@@ -634,8 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    here = Path(__file__).resolve().parent  # benchmarks/tokenizer.py would shadow the tokenizer package
-    sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != here]
+    import_from_repository()  # benchmarks/tokenizer.py would shadow the tokenizer package
     if args.worker:
         os.environ.update({v: str(args.threads) for v in THREAD_VARS})  # before NumPy or torch is imported
         return _worker(args)

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import THREAD_VARS, PipeWorker, cpu_model, write_json
+from harness import THREAD_VARS, PipeWorker, cpu_model, import_from_repository, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 1e-8, 0.1
@@ -282,9 +282,10 @@ class _Worker(PipeWorker):
         (machine busy time from /proc/stat minus the steps' own CPU time, over their wall time).
         """
         time.sleep(gap)
-        before = _machine_busy_s()
+        from tinygrad_llm.train.hardware import cores_busy_seconds  # this process's cores, busy
+        before = cores_busy_seconds()
         result = self.ask(f"steps {steps}")["steps"]
-        after = _machine_busy_s()
+        after = cores_busy_seconds()
         foreign = None
         if before is not None and after is not None:
             foreign = max(0.0, after - before - sum(s["cpu"] for s in result)) / sum(s["total"] for s in result)
@@ -307,17 +308,6 @@ def _summarise(steps: list[dict[str, float]], foreign_cores: float | None) -> di
     summary = {phase: statistics.median(s[phase] for s in warm)
                for phase in ("total", "forward", "backward", "optimizer", "cpu")}
     return {**summary, "first_step": steps[0]["total"], "loss": steps[-1]["loss"], "foreign_cores": foreign_cores}
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq, steal), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _parent(args: argparse.Namespace) -> int:
@@ -462,4 +452,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import_from_repository()  # benchmarks/tokenizer.py would shadow the tokenizer package
     sys.exit(main())
