@@ -24,7 +24,7 @@ from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
 
 __all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "stream_text", "decode_stream",
-           "PromptError"]
+           "TextStream", "PromptError"]
 
 
 class PromptError(ValueError):
@@ -131,28 +131,64 @@ def stream_text(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], max_new_to
     return decode_stream(tokenizer, tokens, stop, stop_ids, record)
 
 
-def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
-                  record: list[int] | None = None) -> Iterator[str]:
-    """Text pieces from a stream of token ids (a model's, one by one), ending before a stop string or stop id.
+class TextStream:
+    """Token ids in, text out, one token at a time: the incremental decoding that streaming needs.
 
     Tokens can split a UTF-8 character, so bytes go through an incremental
     decoder; text that might be the start of a stop string is held back until
-    it is known not to be one. ``record`` receives every id, the stopping one too.
+    it is known not to be one. :meth:`push` takes the next id and returns the
+    text that is now certain; :attr:`done` turns true at a stop id or a stop
+    string; :meth:`finish` returns what was held back. ``record`` (a list)
+    receives every id pushed, the stopping one too.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    held = ""
-    hold = max((len(s) for s in stop), default=1) - 1
-    for token in tokens:
-        if record is not None:
-            record.append(token)
-        if token in stop_ids:
-            break
-        held += decoder.decode(tokenizer.token_bytes(token))
-        hits = [held.find(s) for s in stop if s in held]
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
+                 record: list[int] | None = None) -> None:
+        self.tokenizer, self.stop, self.stop_ids, self.record = tokenizer, tuple(stop), frozenset(stop_ids), record
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+        self.done = False
+        self._cut = False  # ended by a stop string: what follows it (bytes of a split character too) is dropped
+
+    def push(self, token: int) -> str:
+        """The text that ``token`` makes certain ("" if none yet); after a stop, nothing more."""
+        if self.done:
+            return ""
+        if self.record is not None:
+            self.record.append(token)
+        if token in self.stop_ids:
+            self.done = True
+            return ""
+        self._held += self._decoder.decode(self.tokenizer.token_bytes(token))
+        hits = [self._held.find(s) for s in self.stop if s in self._held]
         if hits:
-            yield held[: min(hits)]
-            return
-        if len(held) > hold:
-            yield held[: len(held) - hold]
-            held = held[len(held) - hold:]
-    yield held + decoder.decode(b"", final=True)
+            self.done, self._cut = True, True
+            text, self._held = self._held[: min(hits)], ""
+            return text
+        if len(self._held) > self._hold:
+            text = self._held[: len(self._held) - self._hold]
+            self._held = self._held[len(self._held) - self._hold:]
+            return text
+        return ""
+
+    def finish(self) -> str:
+        """The text held back at the end (none after a stop string)."""
+        if self._cut:
+            return ""
+        text, self._held = self._held + self._decoder.decode(b"", final=True), ""
+        return text
+
+
+def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
+                  record: list[int] | None = None) -> Iterator[str]:
+    """Text pieces from a stream of token ids (a model's, one by one), ending before a stop string or stop id
+    (:class:`TextStream` over an iterable)."""
+    stream = TextStream(tokenizer, stop, stop_ids, record)
+    for token in tokens:
+        text = stream.push(token)
+        if text:
+            yield text
+        if stream.done:
+            break
+    yield stream.finish()

@@ -23,8 +23,9 @@ has one), an unknown route (404) or method (405).
 **Batched decoding.** One thread owns the model (``serve.batch.BatchDecoder``):
 concurrent requests share its forward passes, each sequence with its own rows
 of the KV cache, joining the batch when its prompt has been read and leaving
-when it ends; the event loop keeps answering meanwhile. A streaming client
-that disconnects frees its row at the next step.
+when it ends. The decoder hands each token straight to the event loop, which
+turns it into text and into the response; no thread waits per request. A
+streaming client that disconnects frees its row at the next step.
 
 **Determinism.** Choice i of a request with ``seed`` s samples from the
 stream seeded ``s + i``, so a streamed and a non-streamed request with the same
@@ -36,10 +37,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +49,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from tinygrad_llm.chat.format import ChatFormatError, chat_token_ids, has_chat_tokens, render_prompt
-from tinygrad_llm.generate import SamplingConfig, decode_stream
+from tinygrad_llm.generate import SamplingConfig, TextStream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.serve.api import APIError, CompletionRequest, error_body, parse_chat, parse_completion
-from tinygrad_llm.serve.batch import BatchDecoder
+from tinygrad_llm.serve.batch import END, BatchDecoder
 from tinygrad_llm.serve.page import CHAT_PAGE
 from tokenizer import Tokenizer
 
@@ -78,9 +77,6 @@ class Engine:
     def __init__(self, model: GPT, tokenizer: Tokenizer, name: str, max_batch: int = 16) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.decoder = BatchDecoder(self.model, max_batch)
-        # Each request in flight has a thread that waits for its tokens (they block, not compute): enough of them
-        # for a full batch and a queue behind it; asyncio's default pool (cores + 4) would cap the batch at that.
-        self.waiters = ThreadPoolExecutor(max_workers=4 * max_batch + 8, thread_name_prefix="request")
         self.context = model.config.block_size
         self.chat = has_chat_tokens(tokenizer)
         ends = {tokenizer.eot_token}
@@ -111,27 +107,39 @@ class Engine:
         request.max_tokens = wanted
         return ids
 
-    def generate(self, ids: list[int], request: CompletionRequest, index: int, cancelled: threading.Event,
-                 record: list[int]) -> Iterator[str]:
-        """Stream choice ``index``'s text, decoded in the shared batch; ends early when ``cancelled`` is set.
+    async def stream(self, ids: list[int], request: CompletionRequest, index: int,
+                     record: list[int]) -> AsyncIterator[str]:
+        """Choice ``index``'s text, piece by piece, as the shared batch decodes it.
 
-        ``record`` receives the token ids the model wrote, for the usage counts and the finish reason.
+        The decoder's thread puts each token straight into this event loop's
+        queue; the text is decoded here (``TextStream``). ``record`` receives
+        the token ids, for the usage counts and the finish reason. Leaving the
+        loop early (a stop string, a client gone) withdraws the request.
         """
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
         sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p)
         seed = None if request.seed is None else (request.seed + index) % 2 ** 64
-        tokens = self.decoder.submit(ids, request.max_tokens or 1, sampling, seed, self.stop_ids)
+        cancel = self.decoder.submit_callback(ids, request.max_tokens or 1, sampling, seed, self.stop_ids,
+                                              lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item))
+        text = TextStream(self.tokenizer, request.stop, self.stop_ids, record)
         try:
-            for piece in decode_stream(self.tokenizer, tokens, request.stop, self.stop_ids, record):
-                if cancelled.is_set():
-                    return
-                yield piece
+            while (item := await tokens.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                if piece := text.push(item):
+                    yield piece
+                if text.done:  # a stop id or a stop string: the rest is not wanted
+                    break
+            if tail := text.finish():
+                yield tail
         finally:
-            tokens.close()  # a stop string or a client gone: the sequence leaves the batch
+            cancel()
 
-    def complete(self, ids: list[int], request: CompletionRequest, index: int) -> Choice:
+    async def complete(self, ids: list[int], request: CompletionRequest, index: int) -> Choice:
         """Choice ``index`` whole, with its finish reason."""
         record: list[int] = []
-        text = "".join(self.generate(ids, request, index, threading.Event(), record))
+        text = "".join([piece async for piece in self.stream(ids, request, index, record)])
         return Choice(text, *self.finish(record, request))
 
     def finish(self, record: list[int], request: CompletionRequest) -> tuple[str, int]:
@@ -210,8 +218,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, name: str, api_key: str | None 
                                      headers={"Cache-Control": "no-cache"})
         choices = []
         for index in range(parsed.n):
-            choices.append(await asyncio.get_running_loop().run_in_executor(engine.waiters, engine.complete, ids,
-                                                                            parsed, index))
+            choices.append(await engine.complete(ids, parsed, index))
         completion_tokens = sum(c.tokens for c in choices)
         usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
                  "total_tokens": len(ids) + completion_tokens}
@@ -263,46 +270,29 @@ def _chunk(ident: str, engine: Engine, chat: bool, index: int, text: str | None,
 
 async def _events(engine: Engine, ids: list[int], request: CompletionRequest, ident: str,
                   chat: bool) -> AsyncIterator[str]:
-    """The stream of a request: its choices one after another, each piece as it is written, then [DONE].
+    """The stream of a request: its choices one after another, each piece as it is decoded, then [DONE].
 
-    The model runs in a worker thread that hands each piece to the event loop
-    through a queue; when the client goes away, Starlette stops this
-    generator, and the ``finally`` tells the thread to stop at its next token.
+    When the client goes away, Starlette stops this generator, which closes
+    the choice's stream and so withdraws it from the decoder.
     """
-    loop = asyncio.get_running_loop()
-    cancelled = threading.Event()
     completion_tokens = 0
-    try:
-        for index in range(request.n):
-            queue: asyncio.Queue = asyncio.Queue()
-            done = object()
-
-            record: list[int] = []
-
-            def produce(index: int = index, queue: asyncio.Queue = queue, done: object = done,
-                        record: list[int] = record) -> None:
-                try:
-                    for piece in engine.generate(ids, request, index, cancelled, record):
-                        loop.call_soon_threadsafe(queue.put_nowait, piece)
-                finally:
-                    loop.call_soon_threadsafe(queue.put_nowait, done)
-
-            worker = loop.run_in_executor(engine.waiters, produce)
-            if chat:
-                yield _chunk(ident, engine, chat, index, None, None, first=True)
-            while (piece := await queue.get()) is not done:
-                if piece:
-                    yield _chunk(ident, engine, chat, index, piece, None)
-            await worker
-            finish, tokens = engine.finish(record, request)
-            completion_tokens += tokens
-            yield _chunk(ident, engine, chat, index, None, finish)
-        if request.include_usage:
-            usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
-                     "total_tokens": len(ids) + completion_tokens}
-            event = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
-                     "created": int(time.time()), "model": engine.name, "choices": [], "usage": usage}
-            yield f"data: {json.dumps(event)}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        cancelled.set()
+    for index in range(request.n):
+        record: list[int] = []
+        if chat:
+            yield _chunk(ident, engine, chat, index, None, None, first=True)
+        pieces = engine.stream(ids, request, index, record)
+        try:
+            async for piece in pieces:
+                yield _chunk(ident, engine, chat, index, piece, None)
+        finally:
+            await pieces.aclose()
+        finish, tokens = engine.finish(record, request)
+        completion_tokens += tokens
+        yield _chunk(ident, engine, chat, index, None, finish)
+    if request.include_usage:
+        usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
+                 "total_tokens": len(ids) + completion_tokens}
+        event = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+                 "created": int(time.time()), "model": engine.name, "choices": [], "usage": usage}
+        yield f"data: {json.dumps(event)}\n\n"
+    yield "data: [DONE]\n\n"

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,9 +39,10 @@ from nn.attention import RaggedKVCache
 from tinygrad_llm.generate import PromptError, SamplingConfig, sample_next
 from tinygrad_llm.model import GPT
 
-__all__ = ["BatchDecoder"]
+__all__ = ["BatchDecoder", "END"]
 
-_END = object()
+END = object()
+"""What a request receives after its last token."""
 
 
 @dataclass
@@ -53,14 +54,14 @@ class _Sequence:
     sampling: SamplingConfig
     rng: np.random.Generator
     stop_ids: frozenset[int]
-    out: queue.Queue = field(default_factory=queue.Queue)
+    deliver: Callable[[object], None]          # called on the decoder thread: each token, then END or an error
     cancelled: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     last: int = -1
 
     def emit(self, token: int) -> bool:
         """Hand ``token`` to the request; True if the sequence goes on."""
-        self.out.put(token)
+        self.deliver(token)
         self.produced += 1
         self.last = token
         return token not in self.stop_ids and self.produced < self.max_new_tokens and not self.cancelled.is_set()
@@ -80,30 +81,43 @@ class BatchDecoder:
     def submit(self, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, seed: int | None,
                stop_ids: Sequence[int] = ()) -> Iterator[int]:
         """The tokens of one request, as the decoder writes them; closing the iterator withdraws the request."""
+        out: queue.Queue = queue.Queue()
+        cancel = self.submit_callback(prompt, max_new_tokens, sampling, seed, stop_ids, out.put)
+        return self._tokens(out, cancel)
+
+    def submit_callback(self, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, seed: int | None,
+                        stop_ids: Sequence[int], deliver: Callable[[object], None]) -> Callable[[], None]:
+        """Like :meth:`submit`, but each token is passed to ``deliver`` on the decoder's thread, then ``END``
+        (or the exception that stopped the decoder); returns the function that withdraws the request.
+
+        The server uses this form: ``deliver`` puts the token straight into its event loop's queue, so no
+        thread waits per request.
+        """
         context = self.model.config.block_size
         if not prompt:
             raise PromptError("the prompt is empty (it needs at least one token)")
         if len(prompt) + max_new_tokens > context:
             raise PromptError(f"the prompt has {len(prompt)} tokens and {max_new_tokens} more were asked for; "
                               f"the model's context is {context}")
-        sequence = _Sequence(list(prompt), max_new_tokens, sampling, np.random.default_rng(seed), frozenset(stop_ids))
+        sequence = _Sequence(list(prompt), max_new_tokens, sampling, np.random.default_rng(seed), frozenset(stop_ids),
+                             deliver)
         with self._wake:
             self._waiting.append(sequence)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="batch-decoder", daemon=True)
                 self._thread.start()
             self._wake.notify()
-        return self._tokens(sequence)
+        return sequence.cancelled.set
 
     @staticmethod
-    def _tokens(sequence: _Sequence) -> Iterator[int]:
+    def _tokens(out: queue.Queue, cancel: Callable[[], None]) -> Iterator[int]:
         try:
-            while (token := sequence.out.get()) is not _END:
+            while (token := out.get()) is not END:
                 if isinstance(token, BaseException):
                     raise token
                 yield token
         finally:
-            sequence.cancelled.set()  # a consumer that stops early (a client gone) frees its row at the next step
+            cancel()  # a consumer that stops early (a client gone) frees its row at the next step
 
     # ------------------------------------------------------------------ the decoding thread
     def _run(self) -> None:
@@ -132,8 +146,8 @@ class BatchDecoder:
                         running, caches = self._step(running, caches)
             except BaseException as exc:  # a failure reaches every request in flight, never kills the thread
                 for sequence in running + admitted:
-                    sequence.out.put(exc)
-                    sequence.out.put(_END)
+                    sequence.deliver(exc)
+                    sequence.deliver(END)
                 running, caches = [], None
 
     def _prefill(self, sequence: _Sequence) -> list[RaggedKVCache] | None:
@@ -142,7 +156,7 @@ class BatchDecoder:
         logits, _ = self.model(np.asarray([sequence.prompt]), caches=single)
         token = sample_next(logits.numpy()[0, -1], sequence.sampling, sequence.rng)
         if not sequence.emit(token):
-            sequence.out.put(_END)
+            sequence.deliver(END)
             return None
         return [RaggedKVCache.from_caches([cache]) for cache in single]
 
@@ -155,12 +169,12 @@ class BatchDecoder:
         keep = []
         for i, sequence in enumerate(running):
             if sequence.cancelled.is_set():
-                sequence.out.put(_END)
+                sequence.deliver(END)
                 continue
             if sequence.emit(sample_next(rows[i], sequence.sampling, sequence.rng)):
                 keep.append(i)
             else:
-                sequence.out.put(_END)
+                sequence.deliver(END)
         if len(keep) < len(running):
             if not keep:
                 return [], None
