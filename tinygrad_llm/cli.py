@@ -1058,10 +1058,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from tinygrad_llm.chat.finetune import ADAPTER_FILE, LoRASettings, adapter_info, finetuning
     from tinygrad_llm.chat.format import ChatFormatError
     from tinygrad_llm.chat.lora import LoRAError, save_adapter
-    from tinygrad_llm.checkpoint import TOKENIZER_FILE, latest_checkpoint, load_checkpoint, read_info
+    from tinygrad_llm.checkpoint import TOKENIZER_FILE, latest_checkpoint, read_info
     from tinygrad_llm.model import GPT, GPTConfig
     from tinygrad_llm.train import parse_duration
-    from tinygrad_llm.train.config import TrainConfig, _parse_value
+    from tinygrad_llm.train.config import TrainConfig, parse_set
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     fields = dict(FINETUNE_DEFAULTS)
@@ -1080,7 +1080,6 @@ def _finetune(args: argparse.Namespace) -> int:
         model = GPT(GPTConfig.from_dict({**info["model_config"], "tensor_parallel": 1}))
         tokenizer = Tokenizer.load(Path(args.out) / TOKENIZER_FILE)
         files = [Path(f) for f in info.get("finetune_files") or []] or None
-        del load_checkpoint  # the trainer reads the checkpoint itself
     else:
         if args.base is None:
             raise CLIError("--base is required (the model to fine-tune)")
@@ -1099,10 +1098,10 @@ def _finetune(args: argparse.Namespace) -> int:
         name = Path(base).parent.name if Path(base).is_file() else Path(base).name
         fields["out_dir"] = args.out or f"runs/{name}-{'lora' if lora else 'chat'}"
     for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in TrainConfig.__dataclass_fields__:
+        key, value = parse_set(item)
+        if key not in TrainConfig.__dataclass_fields__:
             raise CLIError(f"--set needs KEY=VALUE with a training field (e.g. lr=1e-4), got {item!r}")
-        fields[key.strip()] = _parse_value(value.strip())
+        fields[key] = value
     if args.threads is not None:
         fields["threads"] = args.threads
     if args.max_steps is not None or budget is not None or not args.resume:

@@ -159,13 +159,13 @@ async def _read_body(request: Request) -> Any:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
         raise APIError(413, f"the request body is larger than {MAX_BODY:,} bytes")
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY:
             raise APIError(413, f"the request body is larger than {MAX_BODY:,} bytes")
     try:
-        return json.loads(body)
+        return json.loads(bytes(body))
     except (UnicodeDecodeError, ValueError) as exc:
         raise APIError(400, f"the request body is not valid JSON ({exc})") from None
 

@@ -18,7 +18,7 @@ from typing import Any
 from nn.optim import SCHEDULES
 from tinygrad_llm.model import PRESETS, ConfigError, GPTConfig, check_field_types
 
-__all__ = ["TrainConfig", "resolve_config", "parse_duration"]
+__all__ = ["TrainConfig", "resolve_config", "parse_duration", "parse_set"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,14 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """One ``--set key=value``: the key and its value (TOML syntax when it parses, else the bare string)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set needs key=value, got {item!r}")
+    return key.strip(), _parse_value(value.strip())
+
+
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -156,10 +164,7 @@ def resolve_config(preset: str | None = None, toml_path: str | Path | None = Non
         for key, value in document.items():
             _place(key, value, model, train)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set needs key=value, got {item!r}")
-        _place(key.strip(), _parse_value(value.strip()), model, train)
+        _place(*parse_set(item), model, train)
     if "vocab_size" in model:
         raise ConfigError("vocab_size comes from the data's tokenizer and cannot be set; choose it with "
                           "`tinygrad-llm prepare --vocab-size N`")
