@@ -445,10 +445,19 @@ def load_any_model(path: Path) -> tuple[Any, Any, Path]:
     return (*load_model(checkpoint), checkpoint)
 
 
+def _budget_start() -> float | None:
+    """When a time budget's clock started: run as the program, at the process's start (imports and data
+    loading count too); called by another program (examples/, tests), None: from the trainer's creation."""
+    from tinygrad_llm.train.hardware import process_start
+
+    entry = getattr(sys.modules["__main__"], "__spec__", None)
+    as_program = Path(sys.argv[0]).name == PROG or getattr(entry, "name", "") == "tinygrad_llm.__main__"
+    return process_start() if as_program else None
+
+
 def _train(args: argparse.Namespace) -> int:
     from tinygrad_llm.checkpoint import latest_checkpoint, read_info
     from tinygrad_llm.train import parse_duration, pretraining, resolve_config
-    from tinygrad_llm.train.hardware import process_start
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
     resume_from = None
@@ -469,12 +478,7 @@ def _train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, max_steps=args.max_steps, time_budget=budget)
     if not Path(config.data).is_dir():
         raise CLIError(f"{config.data}: no prepared data here; run `tinygrad-llm prepare --out {config.data}` first")
-    # Run as the program, the budget counts from the process's start (imports too); called by another
-    # program (examples/train_gpt.py, tests), it counts from this call.
-    entry = getattr(sys.modules["__main__"], "__spec__", None)
-    as_program = Path(sys.argv[0]).name == PROG or getattr(entry, "name", "") == "tinygrad_llm.__main__"
-    trainer = pretraining(model_fields, config, resume=args.resume, replan=replan,
-                          started=process_start() if as_program else None)
+    trainer = pretraining(model_fields, config, resume=args.resume, replan=replan, started=_budget_start())
     summary = trainer.fit()  # its last line says how the run ended
     return 130 if summary["status"] == "interrupted" else 0
 
@@ -1116,7 +1120,8 @@ def _finetune(args: argparse.Namespace) -> int:
         raise CLIError(f"bad training configuration: {exc}") from None
     try:
         trainer = finetuning(model, tokenizer, conversations, config, lora, base=base, data=described,
-                             resume=args.resume, replan=args.resume and (args.max_steps or budget) is not None)
+                             resume=args.resume, replan=args.resume and (args.max_steps or budget) is not None,
+                             started=_budget_start())
     except (ChatFormatError, LoRAError) as exc:
         raise CLIError(str(exc)) from None
     trainer.setup.info["finetune_files"] = [str(f) for f in files or []]
