@@ -110,6 +110,23 @@ class RaggedKVCache:
         self.max_length = max_length
 
     @classmethod
+    def empty(cls, batch_size: int, n_kv_head: int, max_length: int, head_dim: int, dtype: Any = np.float32,
+              device: str = "cpu") -> RaggedKVCache:
+        """``batch_size`` empty rows: the prompts of several new sequences can then be read in one forward pass
+        (right-padded to the longest; afterwards :meth:`set_lengths` drops each row's padding)."""
+        xp = backend.array_module(device)
+        shape = (batch_size, n_kv_head, max_length, head_dim)
+        return cls(xp.zeros(shape, dtype=dtype), xp.zeros(shape, dtype=dtype), np.zeros(batch_size), max_length)
+
+    def set_lengths(self, lengths: Any) -> None:
+        """Declare row b to hold ``lengths[b]`` valid positions (no more than it holds): the keys and values
+        after them are padding, hidden by :meth:`mask` and overwritten by the row's next tokens."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != self.lengths.shape or (lengths > self.lengths).any() or (lengths < 0).any():
+            raise ValueError(f"row lengths {lengths.tolist()} do not fit the rows held, {self.lengths.tolist()}")
+        self.lengths = lengths.copy()
+
+    @classmethod
     def from_caches(cls, caches: list[KVCache]) -> RaggedKVCache:
         """One row per single-sequence cache (each of batch size 1), with its length."""
         xp = backend.xp_of(caches[0].k)

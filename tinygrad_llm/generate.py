@@ -94,7 +94,7 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
                     for cache in caches:
                         cache.reset()
                     pending = tokens[-(context // 2):]
-                logits, _ = model(np.asarray([pending]), caches=caches)
+                logits, _ = model(np.asarray([pending]), caches=caches, logits_at=[len(pending) - 1])
                 token = sample_next(logits.numpy()[0, -1], sampling, rng)
                 tokens.append(token)
                 pending = [token]

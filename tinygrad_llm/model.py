@@ -281,11 +281,15 @@ class GPT(Module):
 
     # ------------------------------------------------------------ forward
     def forward(self, idx: Tensor | np.ndarray, targets: Tensor | np.ndarray | None = None,
-                caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
+                caches: list[KVCache] | None = None,
+                logits_at: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) -> (logits (B, T, vocab_size), mean cross-entropy against targets (B, T) or None).
 
         With ``caches`` (one per layer, see :meth:`make_caches`) idx holds only the new
         tokens; their positions continue after the cached ones. Targets equal to -100 are ignored.
+        ``logits_at`` (B,), one index into T per row, asks for that position's logits only, (B, 1,
+        vocab_size): reading a prompt needs just the last position's, and the output layer is the
+        largest matrix product of a small model.
         """
         ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         b, t = ids.shape
@@ -306,6 +310,10 @@ class GPT(Module):
                 x = nn.checkpoint(block, x)
             else:
                 x = block(x, cache)
+        if logits_at is not None:
+            if targets is not None:
+                raise ValueError("logits_at and targets exclude each other (the loss needs every position)")
+            x = x[np.arange(b), np.asarray(logits_at)].unsqueeze(1)  # (B, 1, C)
         logits = self.lm_head(self.ln_f(x))
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., :self.config.vocab_size]  # padding rows are never predicted
@@ -315,12 +323,15 @@ class GPT(Module):
         loss = F.cross_entropy(logits.reshape(b * t, -1), target_ids.reshape(b * t))
         return logits, loss
 
-    def make_caches(self, batch_size: int, max_length: int | None = None) -> list[KVCache]:
-        """Empty KV caches, one per layer, holding up to ``max_length`` (default: the context) positions."""
+    def make_caches(self, batch_size: int, max_length: int | None = None,
+                    ragged: bool = False) -> list[KVCache] | list[RaggedKVCache]:
+        """Empty KV caches, one per layer, holding up to ``max_length`` (default: the context) positions;
+        ``ragged``: :class:`~nn.attention.RaggedKVCache` rows, each of its own length (batched decoding)."""
         c = self.config
         dtype, device = self.ln_f.weight.dtype, self.ln_f.weight.device  # (wte may hold int8 weights)
         kv_heads = self.h[0].attn.n_kv_head  # this process's share under tensor parallelism
-        return [KVCache(batch_size, kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
+        kind = RaggedKVCache.empty if ragged else KVCache
+        return [kind(batch_size, kv_heads, max_length or c.block_size, c.head_dim, dtype, device)
                 for _ in range(c.n_layer)]
 
     def grow_vocabulary(self, vocab_size: int) -> GPT:

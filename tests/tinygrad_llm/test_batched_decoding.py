@@ -59,6 +59,34 @@ def test_a_ragged_batch_step_gives_each_row_its_logits_alone(variant):
     np.testing.assert_allclose(third.numpy()[1, 0], solo.numpy()[0, -1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_prompts_read_together_right_padded_give_each_row_its_logits_alone(variant):
+    model = tiny(variant)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 97, size=n).tolist() for n in (5, 12, 1, 8)]
+    lengths = np.array([len(p) for p in prompts])
+    ids = np.full((4, 12), 7)  # the padding's value must not matter
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = prompt
+    with nn.no_grad():
+        caches = model.make_caches(4, ragged=True)
+        last, _ = model(ids, caches=caches, logits_at=lengths - 1)
+        for cache in caches:
+            cache.set_lengths(lengths)
+        after, _ = model(np.array([[3], [3], [3], [3]]), caches=caches)  # one more token each, own positions
+        for row, prompt in enumerate(prompts):
+            alone, _ = model(np.array([prompt + [3]]))
+            assert last.shape == (4, 1, 97)
+            np.testing.assert_allclose(last.numpy()[row, 0], alone.numpy()[0, -2], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(after.numpy()[row, 0], alone.numpy()[0, -1], rtol=1e-10, atol=1e-12)
+
+
+def test_set_lengths_refuses_more_than_a_row_holds():
+    caches = tiny("gpt2").make_caches(2, ragged=True)
+    with pytest.raises(ValueError, match="do not fit"):
+        caches[0].set_lengths([1, 1])  # the rows hold nothing yet
+
+
 @pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.9, top_p=0.9)],
                          ids=["greedy", "seeded"])
 def test_concurrent_requests_get_the_tokens_they_get_alone(sampling):
@@ -94,3 +122,14 @@ def test_a_request_withdrawn_midway_frees_its_row():
     stream.close()  # the client went away
     rest = list(decoder.submit([4, 5], 6, SamplingConfig(temperature=0.0), None))
     assert rest == list(generate_tokens(model, [4, 5], 6, SamplingConfig(temperature=0.0)))
+
+
+def test_logits_at_picks_one_position_per_row_and_excludes_a_loss():
+    model = tiny("rope")
+    ids = np.random.default_rng(4).integers(0, 97, size=(3, 9))
+    with nn.no_grad():
+        full, _ = model(ids)
+        some, _ = model(ids, logits_at=[8, 0, 4])
+    np.testing.assert_allclose(some.numpy()[:, 0], full.numpy()[[0, 1, 2], [8, 0, 4]], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="exclude each other"):
+        model(ids, targets=ids, logits_at=[8, 8, 8])

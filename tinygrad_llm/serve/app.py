@@ -23,8 +23,9 @@ has one), an unknown route (404) or method (405).
 **Batched decoding.** One thread owns the model (``serve.batch.BatchDecoder``):
 concurrent requests share its forward passes, each sequence with its own rows
 of the KV cache, joining the batch when its prompt has been read and leaving
-when it ends. The decoder hands each token straight to the event loop, which
-turns it into text and into the response; no thread waits per request. A
+when it ends. The decoder hands each token to the event loop (a ``Mailbox``: one
+wake-up of the loop per decode step, not per token), which turns it
+into text and into the response; no thread waits per request. A
 streaming client that disconnects frees its row at the next step.
 
 **Determinism.** Choice i of a request with ``seed`` s samples from the
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -62,6 +64,46 @@ MAX_BODY = 1 << 20
 """Largest request body accepted, in bytes (1 MiB): a prompt longer than any context fits well within it."""
 
 
+class Mailbox:
+    """Items from the decoder's thread to queues of one event loop, with one wake-up of the loop per round.
+
+    ``loop.call_soon_threadsafe`` writes to the loop's wake-up socket on each
+    call; a decode step that hands a token to each of 16 requests would pay
+    that 16 times. Here :meth:`post` only collects, and :meth:`flush`, which
+    the decoder calls after each round (``BatchDecoder.after_step``), wakes
+    the loop once to deliver everything collected.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, object]] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, queue: asyncio.Queue, item: object) -> None:
+        """Put ``item`` into ``queue`` on the loop's thread at the next :meth:`flush` (callable from any thread)."""
+        with self._lock:
+            self._items.append((queue, item))
+
+    def flush(self) -> None:
+        """Have the loop deliver what was posted (callable from any thread); one wake-up at most in flight."""
+        with self._lock:
+            if self._scheduled or not self._items:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop has closed: nobody is left to read these
+            with self._lock:
+                self._items.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 @dataclass
 class Choice:
     """One generated text and why it ended: ``stop`` (an end token or stop string) or ``length``."""
@@ -84,6 +126,7 @@ class Engine:
             ends |= {i for pair in chat_token_ids(tokenizer).values() for i in pair}
         self.stop_ids = sorted(ends)
         self.created = int(time.time())
+        self._mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = {}
 
     def prompt_ids(self, request: CompletionRequest) -> list[int]:
         """The token ids the model continues; a 400 if they and ``max_tokens`` do not fit the context."""
@@ -117,11 +160,15 @@ class Engine:
         loop early (a stop string, a client gone) withdraws the request.
         """
         loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes[loop] = Mailbox(loop)
+            self.decoder.after_step.append(mailbox.flush)
         tokens: asyncio.Queue = asyncio.Queue()
         sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p)
         seed = None if request.seed is None else (request.seed + index) % 2 ** 64
         cancel = self.decoder.submit_callback(ids, request.max_tokens or 1, sampling, seed, self.stop_ids,
-                                              lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item))
+                                              lambda item: mailbox.post(tokens, item))
         text = TextStream(self.tokenizer, request.stop, self.stop_ids, record)
         try:
             while (item := await tokens.get()) is not END:

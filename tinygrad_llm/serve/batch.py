@@ -7,8 +7,10 @@
 One thread owns the model. In a loop it
 
 1. **admits** waiting requests (while fewer than ``max_batch`` run): reads
-   each prompt alone into a fresh single-sequence KV cache (the "prefill"),
-   samples its first token, and appends the cache as a new row of the batch's
+   their prompts together in one forward pass (the "prefill": right-padded
+   to the longest, each row's padding then dropped from its cache, and the
+   output layer computed at each prompt's last position only), samples each
+   one's first token, and appends their rows to the batch's
    :class:`~nn.attention.RaggedKVCache` (one per layer);
 2. **steps** every running sequence at once: their newest tokens go through
    the model as one (B, 1) batch, each row at its own position and attending
@@ -75,6 +77,7 @@ class BatchDecoder:
         self._waiting: list[_Sequence] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.after_step: list[Callable[[], None]] = []  # called on the decoder's thread after each round
         self.steps = 0                # decode steps taken (for tests and logs)
         self.largest_batch = 0        # the most sequences decoded together in one step
 
@@ -132,15 +135,13 @@ class BatchDecoder:
                 del self._waiting[: len(admitted)]
             try:
                 with nn.no_grad():
-                    for sequence in admitted:
-                        row = self._prefill(sequence)
-                        if row is None:
-                            continue
-                        running.append(sequence)
+                    started, rows = self._prefill(admitted) if admitted else ([], None)
+                    if started:
+                        running += started
                         if caches is None:
-                            caches = row
+                            caches = rows
                         else:
-                            for cache, new in zip(caches, row, strict=True):
+                            for cache, new in zip(caches, rows, strict=True):
                                 cache.extend(new)
                     if running:
                         running, caches = self._step(running, caches)
@@ -149,16 +150,37 @@ class BatchDecoder:
                     sequence.deliver(exc)
                     sequence.deliver(END)
                 running, caches = [], None
+            for callback in self.after_step:  # e.g. wake an event loop once for the round's tokens
+                callback()
 
-    def _prefill(self, sequence: _Sequence) -> list[RaggedKVCache] | None:
-        """Read the prompt alone and sample the first token; the caches as one new batch row (None if done)."""
-        single = self.model.make_caches(1)
-        logits, _ = self.model(np.asarray([sequence.prompt]), caches=single)
-        token = sample_next(logits.numpy()[0, -1], sequence.sampling, sequence.rng)
-        if not sequence.emit(token):
-            sequence.deliver(END)
-            return None
-        return [RaggedKVCache.from_caches([cache]) for cache in single]
+    def _prefill(self, admitted: list[_Sequence]) -> tuple[list[_Sequence], list[RaggedKVCache] | None]:
+        """Read the prompts together and sample each first token; the sequences that go on, and their caches.
+
+        The prompts are right-padded to the longest: causal attention never lets
+        a prompt's tokens see the padding after them, and once the row's length
+        is set to its prompt's, its next token overwrites the padding.
+        """
+        lengths = np.array([len(s.prompt) for s in admitted])
+        ids = np.zeros((len(admitted), int(lengths.max())), dtype=np.int64)
+        for row, sequence in enumerate(admitted):
+            ids[row, :lengths[row]] = sequence.prompt
+        caches = self.model.make_caches(len(admitted), ragged=True)
+        logits, _ = self.model(ids, caches=caches, logits_at=lengths - 1)
+        rows = logits.numpy()[:, 0]
+        for cache in caches:
+            cache.set_lengths(lengths)
+        keep = []
+        for row, sequence in enumerate(admitted):
+            if sequence.emit(sample_next(rows[row], sequence.sampling, sequence.rng)):
+                keep.append(row)
+            else:
+                sequence.deliver(END)
+        if not keep:
+            return [], None
+        if len(keep) < len(admitted):
+            for cache in caches:
+                cache.keep(keep)
+        return [admitted[row] for row in keep], caches
 
     def _step(self, running: list[_Sequence], caches: list[RaggedKVCache]) -> tuple[list[_Sequence], list]:
         """One token for every running sequence; returns those still running and their caches."""
