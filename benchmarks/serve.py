@@ -56,11 +56,11 @@ level:
   between consecutive text chunks of all requests pooled.
 
 The ratio of tokens/s at 16 clients to 1 client is the figure the serving
-issue asks to reach 4x. The server, as it stands, generates for one request at
-a time (the model runs in a worker thread under a lock), so more clients
-queue: their TTFT grows with C while tokens/s stays near the rate of one
-busy stream (above the one-client rate, where the model idles while the
-client reads a reply and sends the next request). Replies usually end at
+issue asks to reach 4x. The server decodes concurrent requests together
+(``serve.batch.BatchDecoder``), so more clients share each forward pass;
+what batching cannot share is each request's prompt (its prefill) and the
+Python work of streaming every token, and on this machine the clients
+themselves run on the same two cores. Replies usually end at
 ``<|assistant_end|>`` before ``max_tokens``; the mean tokens per request is in
 the results. Before the first level two requests warm the server up, untimed.
 

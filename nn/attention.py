@@ -105,9 +105,21 @@ class RaggedKVCache:
     """
 
     def __init__(self, k: Any, v: Any, lengths: Any, max_length: int) -> None:
-        self.k, self.v = k, v                      # (B, G, max_length, head_dim)
+        # The rows live in buffers with room for more (B_room, G, max_length, head_dim), the first B in use, so
+        # that sequences joining and leaving between steps copy only the rows and positions that hold keys.
+        self._k, self._v = k, v
         self.lengths = np.asarray(lengths, dtype=np.int64).copy()
         self.max_length = max_length
+
+    @property
+    def k(self) -> Any:
+        """The keys of the rows in use, (B, G, max_length, head_dim)."""
+        return self._k[:len(self.lengths)]
+
+    @property
+    def v(self) -> Any:
+        """The values of the rows in use, (B, G, max_length, head_dim)."""
+        return self._v[:len(self.lengths)]
 
     @classmethod
     def empty(cls, batch_size: int, n_kv_head: int, max_length: int, head_dim: int, dtype: Any = np.float32,
@@ -139,14 +151,26 @@ class RaggedKVCache:
 
     def extend(self, other: RaggedKVCache) -> None:
         """Add ``other``'s rows after this cache's."""
-        xp = backend.xp_of(self.k)
-        self.k, self.v = xp.concatenate([self.k, other.k]), xp.concatenate([self.v, other.v])
+        n, m = len(self.lengths), len(other.lengths)
+        if n + m > len(self._k):  # no room: twice the rows (amortised, as a Python list grows)
+            xp = backend.xp_of(self._k)
+            room = (max(2 * len(self._k), n + m),) + self._k.shape[1:]
+            k, v = xp.zeros(room, dtype=self._k.dtype), xp.zeros(room, dtype=self._v.dtype)
+            k[:n], v[:n] = self.k, self.v
+            self._k, self._v = k, v
+        end = int(other.lengths.max(initial=0))
+        self._k[n:n + m, :, :end] = other.k[:, :, :end]
+        self._v[n:n + m, :, :end] = other.v[:, :, :end]
         self.lengths = np.concatenate([self.lengths, other.lengths])
 
     def keep(self, rows: Any) -> None:
         """Keep only ``rows`` (indices, in order): the other sequences have left the batch."""
         rows = np.asarray(rows, dtype=np.int64)
-        self.k, self.v, self.lengths = self.k[rows], self.v[rows], self.lengths[rows]
+        end = int(self.lengths[rows].max(initial=0))
+        index = backend.to_device(rows, backend.device_of(self._k))
+        self._k[:len(rows), :, :end] = self._k[index, :, :end]  # (the right side is a copy: rows may overlap)
+        self._v[:len(rows), :, :end] = self._v[index, :, :end]
+        self.lengths = self.lengths[rows]
 
     def positions(self, t: int) -> np.ndarray:
         """The absolute positions (B, t) of ``t`` new tokens per row."""
@@ -158,12 +182,19 @@ class RaggedKVCache:
         t = k.shape[2]
         if int(self.lengths.max(initial=0)) + t > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {int(self.lengths.max()) + t} needed")
-        for b, start in enumerate(self.lengths.tolist()):
-            self.k[b, :, start:start + t] = k.data[b]
-            self.v[b, :, start:start + t] = v.data[b]
+        n = len(self.lengths)
+        if t == 1:  # a decode step: row b's token goes to position lengths[b], all rows in one assignment
+            device = backend.device_of(self._k)
+            rows, at = backend.to_device(np.arange(n), device), backend.to_device(self.lengths, device)
+            self._k[rows, :, at] = k.data[:, :, 0]
+            self._v[rows, :, at] = v.data[:, :, 0]
+        else:
+            for b, start in enumerate(self.lengths.tolist()):
+                self._k[b, :, start:start + t] = k.data[b]
+                self._v[b, :, start:start + t] = v.data[b]
         self.lengths += t
         end = int(self.lengths.max())
-        return Tensor(self.k[:, :, :end]), Tensor(self.v[:, :, :end])
+        return Tensor(self._k[:n, :, :end]), Tensor(self._v[:n, :, :end])
 
     def mask(self, t: int) -> Any:
         """After :meth:`append`: (B, 1, t, S) booleans, True where new token i of row b may see key j.
