@@ -15,7 +15,8 @@ from nn import functional as F
 from nn.module import Module, Parameter
 from nn.tensor import Tensor, ones, zeros
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU", "Sequential", "ModuleList"]
+__all__ = ["Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU", "Sequential", "ModuleList",
+           "column_major_weights"]
 
 
 class Linear(Module):
@@ -37,6 +38,30 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def column_major_weights(module: Module) -> Module:
+    """Store ``module``'s 2-D parameters column-major (Fortran order) on the CPU, for fast small-batch inference.
+
+    ``Linear`` computes ``x @ W.T`` with W (out, in) stored row-major, so W.T
+    is a transposed view and OpenBLAS runs a "no-trans, trans" product. For a
+    few rows (decoding, a short prompt) that path costs far more than the
+    plain one: on the project's machine a (16, 256) x (256, 768) product took
+    157 us as ``x @ W.T`` and 84 us with W.T row-major; with 2 rows, 111 us
+    against 13 us (one row is fast either way: OpenBLAS uses its matrix-vector
+    routine). Stored column-major, W.T *is* a row-major matrix, so the plain
+    product runs. Values, shapes and results are unchanged; only the layout is.
+    Training does not need this (with thousands of rows per product the
+    difference is 1-2%, and backward's ``g @ W`` would take the slow path
+    instead), so the server and the decoders call it, not the layers.
+    Returns ``module``.
+    """
+    import numpy as np
+
+    for parameter in module.parameters():
+        if parameter.data.ndim == 2 and isinstance(parameter.data, np.ndarray):
+            parameter.data = np.asfortranarray(parameter.data)
+    return module
 
 
 class Embedding(Module):

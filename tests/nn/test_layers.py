@@ -328,3 +328,18 @@ def test_to_float64_casts_floating_tensors_in_place_and_keeps_values():
     assert net.scale.dtype == np.float64
     assert net.steps.dtype == np.int64  # integer buffers are not floats to cast
     assert net(idx).dtype == np.float64
+
+
+def test_column_major_weights_changes_the_layout_not_the_results():
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    x = nn.Tensor(np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32))
+    before = model(x).numpy()
+    assert nn.layers.column_major_weights(model) is model
+    for p in model.parameters():
+        if p.data.ndim == 2:
+            assert p.data.flags.f_contiguous and p.data.T.flags.c_contiguous
+    np.testing.assert_allclose(model(x).numpy(), before, rtol=1e-6, atol=1e-7)
+    loss = model(x).sum()  # gradients still flow, in the parameters' shapes
+    loss.backward()
+    assert all(p.grad.shape == p.shape for p in model.parameters())

@@ -38,6 +38,7 @@ import numpy as np
 
 import nn
 from nn.attention import RaggedKVCache
+from nn.layers import column_major_weights
 from tinygrad_llm.generate import PromptError, SamplingConfig, sample_next
 from tinygrad_llm.model import GPT
 
@@ -73,7 +74,7 @@ class BatchDecoder:
     """The thread that decodes every submitted request together (see the module docstring)."""
 
     def __init__(self, model: GPT, max_batch: int = 16) -> None:
-        self.model, self.max_batch = model, max_batch
+        self.model, self.max_batch = column_major_weights(model), max_batch  # faster few-row products
         self._waiting: list[_Sequence] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
