@@ -239,8 +239,8 @@ class Int8Linear(Module):
         y = xp.empty((rows.shape[0], self.out_features), dtype=data.dtype)
         q = self.qweight.data
         step = max(1, CHUNK_ELEMENTS // max(1, self.in_features))
-        for start in range(0, self.out_features, step):  # (column-major chunk: see nn.layers.column_major_weights)
-            xp.matmul(rows, q[start:start + step].astype(data.dtype, order="F").T, out=y[:, start:start + step])
+        for start in range(0, self.out_features, step):
+            xp.matmul(rows, q[start:start + step].astype(data.dtype).T, out=y[:, start:start + step])
         y *= self.scale.data
         if self.bias is not None:
             y += self.bias.data
