@@ -24,17 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo), or what the platform module says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.harness import cpu_model  # noqa: E402  (the CPU's name, as the benchmarks record it)
 
 
 def out(name: str) -> Path:
@@ -59,6 +49,14 @@ def write_table(name: str, header: list[str], rows: list[list[Any]], align: str 
     path = out(name)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def left_align(name: str, align: str) -> None:
+    """Left-align the left columns (``:---``) of the table ``figures/<name>``: the PDF centres plain ``---``."""
+    path = out(name)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[1] = "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def record(script: str, data: dict[str, Any], sources: list[str] | None = None) -> Path:

@@ -167,14 +167,6 @@ def unequal_counts() -> dict:
     return out
 
 
-def left_align(name: str, align: str) -> None:
-    """Mark the table's left columns as left-aligned (``:---``), so that the PDF does not centre them."""
-    path = _common.out(name)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines[1] = "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,7 +180,7 @@ def main() -> None:
     _common.write_table("ch4_accumulation.md",
                         ["dtype", "k x rows", "grad diff", "largest grad", "param diff", "largest update",
                          f"loss diff, {STEPS} steps"], rows, align="llrrrrr")
-    left_align("ch4_accumulation.md", "llrrrrr")
+    _common.left_align("ch4_accumulation.md", "llrrrrr")
 
     urows = []
     for name in ("4+4 rows", "5+3 rows"):
@@ -198,7 +190,7 @@ def main() -> None:
     _common.write_table("ch4_accumulation_masked.md",
                         ["micro-batches", "trained tokens", "weight of a loss",
                          "max abs grad diff from the full batch"], urows, align="lllr")
-    left_align("ch4_accumulation_masked.md", "lllr")
+    _common.left_align("ch4_accumulation_masked.md", "lllr")
 
     import matplotlib.pyplot as plt
 

@@ -20,14 +20,6 @@ import _common  # noqa: E402  (puts the repository root on sys.path)
 SOURCE = "benchmarks/results/ddp.json"
 
 
-def left_align(name: str, align: str) -> None:
-    """Mark the table's left columns as left-aligned (``:---``), so that the PDF does not centre them."""
-    path = _common.out(name)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines[1] = "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def main() -> None:
     results = json.loads((_common.ROOT / SOURCE).read_text())
     rows = []
@@ -48,7 +40,7 @@ def main() -> None:
     _common.write_table("ch4_ddp_sweep.md", ["bucket MB", "buckets", "overlap", "median tokens/s",
                                              "5 runs, tokens/s", "wait ms/step", "wait share"], sweep,
                         align="rrlrrrr")
-    left_align("ch4_ddp_sweep.md", "rrlrrrr")
+    _common.left_align("ch4_ddp_sweep.md", "rrlrrrr")
 
     import matplotlib.pyplot as plt
 

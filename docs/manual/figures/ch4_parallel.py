@@ -128,14 +128,6 @@ def ring_bytes(payload: float, p: int) -> float:
     return 2 * (p - 1) / p * payload
 
 
-def left_align(name: str, align: str) -> None:
-    """Mark the table's left columns as left-aligned (``:---``), so that the PDF does not centre them."""
-    path = _common.out(name)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines[1] = "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def main() -> None:
     if "--worker" in sys.argv:
         worker(Path(sys.argv[sys.argv.index("--worker") + 1]))
@@ -176,7 +168,7 @@ def main() -> None:
     ]
     _common.write_table("ch4_parallel.md", ["2 processes, float64", "data parallel (DDP)", "tensor parallel"],
                         rows, align="lll")
-    left_align("ch4_parallel.md", "lll")
+    _common.left_align("ch4_parallel.md", "lll")
     checks = {"dp_bytes_equal_gradient_bytes": dp["bytes_all_reduced"] == dp["gradient_bytes"],
               "tp_forward_bytes_as_predicted": tp["bytes_forward"] == predicted_tp,
               "tp_backward_bytes_as_predicted": tp["bytes_backward"] == predicted_tp}
@@ -201,7 +193,7 @@ def main() -> None:
     _common.write_table("ch4_parallel_bytes.md",
                         ["model", "parameters", "micro-batch B x T", "processes p", "DP: MiB sent per process",
                          "TP: MiB sent per process", "TP / DP"], brows, align="lrrrrrr")
-    left_align("ch4_parallel_bytes.md", "lrrrrrr")
+    _common.left_align("ch4_parallel_bytes.md", "lrrrrrr")
     data = {"ranks": ranks, "checks": checks, "predicted_tp_bytes_each_way": predicted_tp, "formulas": scale,
             "small_parameters": counted, "config": CONFIG, "rows": ROWS,
             "seconds": round(time.perf_counter() - started, 1)}
