@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUILD / "manual.pdf", help="where the PDF goes")
     args = parser.parse_args(argv)
     only = [p for p in chapters() if p.name.startswith(args.chapter)] if args.chapter else None
+    if only == []:
+        print(f"manual: no chapter's file name starts with {args.chapter!r}", file=sys.stderr)
+        return 1
     try:
         if args.check:
             problems = stale_blocks(only) + missing_files(only)
@@ -339,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - started:.1f} s)")
     except ManualError as exc:
         print(f"manual: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an --out that cannot be written, a full disk
+        print(f"manual: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

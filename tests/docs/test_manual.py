@@ -173,3 +173,13 @@ def test_the_pdf_typesets_with_every_chapter(tmp_path):
         title = next(line for line in _prose_lines(path) if line.startswith("# "))[2:].strip()
         assert title in text, f"chapter title {title!r} not in the PDF"
     assert not (tmp_path / "manual.pdf.partial").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--check", "--chapter", "zz"], "manual: no chapter's file name starts with 'zz'"),
+    (["--out", "/proc/no-such-dir/manual.pdf"], "manual: cannot write /proc/no-such-dir"),
+])
+def test_bad_options_get_one_line_and_exit_1(args, message):
+    done = subprocess.run([sys.executable, str(MANUAL / "build.py"), *args], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
