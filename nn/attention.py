@@ -100,8 +100,9 @@ class RaggedKVCache:
     to each row's own next positions; :meth:`mask` lets each query see only its
     row's keys (the rest of a row is padding), and :meth:`positions` gives each
     new token its own absolute position (for learned or rotary positions).
-    Sequences join (:meth:`extend`, from single-sequence caches after their
-    prompt) and leave (:meth:`keep`) between steps.
+    Sequences join (:meth:`extend`, with the rows their prompts were read
+    into, :meth:`empty` then :meth:`set_lengths`) and leave (:meth:`keep`)
+    between steps.
     """
 
     def __init__(self, k: Any, v: Any, lengths: Any, max_length: int) -> None:
@@ -188,6 +189,10 @@ class RaggedKVCache:
             rows, at = backend.to_device(np.arange(n), device), backend.to_device(self.lengths, device)
             self._k[rows, :, at] = k.data[:, :, 0]
             self._v[rows, :, at] = v.data[:, :, 0]
+        elif (self.lengths == self.lengths[0]).all():  # rows side by side (prompts read together): one slice
+            start = int(self.lengths[0])
+            self._k[:n, :, start:start + t] = k.data
+            self._v[:n, :, start:start + t] = v.data
         else:
             for b, start in enumerate(self.lengths.tolist()):
                 self._k[b, :, start:start + t] = k.data[b]

@@ -74,11 +74,13 @@ def test_prompts_read_together_right_padded_give_each_row_its_logits_alone(varia
         for cache in caches:
             cache.set_lengths(lengths)
         after, _ = model(np.array([[3], [3], [3], [3]]), caches=caches)  # one more token each, own positions
+        two, _ = model(np.array([[5, 6]] * 4), caches=caches)  # two more, rows of different lengths
         for row, prompt in enumerate(prompts):
-            alone, _ = model(np.array([prompt + [3]]))
+            alone, _ = model(np.array([prompt + [3, 5, 6]]))
             assert last.shape == (4, 1, 97)
-            np.testing.assert_allclose(last.numpy()[row, 0], alone.numpy()[0, -2], rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(after.numpy()[row, 0], alone.numpy()[0, -1], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(last.numpy()[row, 0], alone.numpy()[0, -4], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(after.numpy()[row, 0], alone.numpy()[0, -3], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(two.numpy()[row], alone.numpy()[0, -2:], rtol=1e-10, atol=1e-12)
 
 
 def test_set_lengths_refuses_more_than_a_row_holds():
