@@ -424,9 +424,10 @@ def load_any_model(path: Path) -> tuple[Any, Any, Path]:
     ``path`` is one of our checkpoints (a file, or a run directory) or a Hugging
     Face GPT-2 directory, told apart by the latter's ``config.json``.
     """
-    from tinygrad_llm.checkpoint import load_model, read_info, resolve_checkpoint
+    from tinygrad_llm.chat.finetune import load_merged
+    from tinygrad_llm.checkpoint import read_info, resolve_checkpoint
     from tinygrad_llm.export.huggingface import HuggingFaceError, is_huggingface_directory, load_huggingface_model
-    from tinygrad_llm.export.int8 import is_int8_checkpoint, load_int8_model
+    from tinygrad_llm.export.int8 import load_int8_model
 
     if is_huggingface_directory(path):
         try:
@@ -434,15 +435,11 @@ def load_any_model(path: Path) -> tuple[Any, Any, Path]:
         except HuggingFaceError as exc:
             raise CLIError(str(exc)) from None
     checkpoint = resolve_checkpoint(path)
-    if is_int8_checkpoint(checkpoint):  # written by `tinygrad-llm quantize`
+    info = read_info(checkpoint)
+    if info.get("quantization"):  # written by `tinygrad-llm quantize`
         return (*load_int8_model(checkpoint), checkpoint)
-    if read_info(checkpoint).get("lora"):  # a LoRA fine-tuning run: add its adapters, load, fold them in
-        from tinygrad_llm.chat.finetune import lora_model_loader
-        from tinygrad_llm.chat.lora import merge_lora
-
-        model, tokenizer = load_model(checkpoint, build=lora_model_loader(read_info(checkpoint)))
-        return merge_lora(model), tokenizer, checkpoint
-    return (*load_model(checkpoint), checkpoint)
+    model, tokenizer, _ = load_merged(checkpoint, info)  # a LoRA run's adapters folded in
+    return model, tokenizer, checkpoint
 
 
 def _budget_start() -> float | None:

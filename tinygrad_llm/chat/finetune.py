@@ -55,7 +55,9 @@ from tinygrad_llm.checkpoint import (
     TOKENIZER_FILE,
     Checkpoint,
     CheckpointError,
-    load_checkpoint,
+    load_model,
+    read_info,
+    resolve_checkpoint,
     save_checkpoint,
     step_checkpoints,
 )
@@ -66,8 +68,8 @@ from tokenizer import Tokenizer
 from util.files import file_sha256
 
 __all__ = ["LoRASettings", "ConversationBatches", "render_all", "masked_loss", "finetuning", "ADAPTER_FILE",
-           "build_model", "train_token_rows", "adapter_info", "merge_lora_checkpoint", "lora_model_loader",
-           "held_out_scores"]
+           "build_model", "train_token_rows", "adapter_info", "load_merged", "merge_lora_checkpoint",
+           "lora_model_loader", "held_out_scores"]
 
 IGNORE = -100
 ADAPTER_FILE = "adapter.safetensors"
@@ -281,34 +283,39 @@ def lora_model_loader(info: dict[str, Any]):
     return build
 
 
+def load_merged(path: str | Path, info: dict[str, Any] | None = None) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """The model, tokenizer and info of one of our checkpoints (a file or a run directory); a LoRA run's
+    adapters are loaded with it and folded into the weights, so the model is a plain GPT either way.
+
+    ``info``: the checkpoint's info when the caller has already read it.
+    """
+    path = resolve_checkpoint(path)
+    info = read_info(path) if info is None else info
+    if not info.get("lora"):
+        return (*load_model(path), info)
+    model, tokenizer = load_model(path, build=lora_model_loader(info))
+    return lora_module.merge_lora(model), tokenizer, info
+
+
 def merge_lora_checkpoint(source: str | Path, destination: str | Path) -> Path:
     """Fold a LoRA run's adapters into its weights: a plain run directory that every command reads.
 
     Writes ``destination/best.safetensors`` (the merged model, no optimizer
     state, the info without ``lora``) and the tokenizer beside it.
     """
-    from tinygrad_llm.checkpoint import resolve_checkpoint
-
     path = resolve_checkpoint(source)
-    ckpt = load_checkpoint(path)
-    settings = ckpt.info.get("lora")
+    settings = read_info(path).get("lora")
     if not settings:
         raise CheckpointError(f"{path}: not a LoRA checkpoint (nothing to merge)")
-    config = GPTConfig.from_dict({**ckpt.info["model_config"], "tensor_parallel": 1})
-    model = lora_model_loader(ckpt.info)(config)
-    try:
-        model.load_state_dict(ckpt.model)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    lora_module.merge_lora(model)
     destination = Path(destination)
     if step_checkpoints(destination) or (destination / "best.safetensors").exists():
         raise CheckpointError(f"{destination} already holds a run; merge into a new directory")
+    model, tokenizer, info = load_merged(path)
     destination.mkdir(parents=True, exist_ok=True)
-    info = {**ckpt.info, "lora": None, "merged_from": str(path), "lora_merged": settings}
+    info = {**info, "lora": None, "merged_from": str(path), "lora_merged": settings}
     target = destination / "best.safetensors"
     save_checkpoint(target, Checkpoint(model={k: v.numpy() for k, v in model.state_dict().items()}, info=info))
-    Tokenizer.load(path.parent / TOKENIZER_FILE).save(destination / TOKENIZER_FILE)
+    tokenizer.save(destination / TOKENIZER_FILE)
     return target
 
 

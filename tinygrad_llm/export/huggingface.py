@@ -363,16 +363,7 @@ def export_checkpoint(checkpoint: str | Path, directory: str | Path) -> Path:
     ``CheckpointError`` for a checkpoint that does not load, ``HuggingFaceError``
     for a model that cannot be exported, both one line.
     """
-    from tinygrad_llm.checkpoint import load_model, read_info, resolve_checkpoint
+    from tinygrad_llm.chat.finetune import load_merged
 
-    path = resolve_checkpoint(checkpoint)
-    info = read_info(path)
-    if info.get("lora"):
-        from tinygrad_llm.chat.finetune import lora_model_loader
-        from tinygrad_llm.chat.lora import merge_lora
-
-        model, tokenizer = load_model(path, build=lora_model_loader(info))
-        model = merge_lora(model)
-    else:
-        model, tokenizer = load_model(path)
+    model, tokenizer, info = load_merged(checkpoint)
     return export_huggingface(model.eval(), tokenizer, directory, info)
