@@ -93,6 +93,19 @@ class Module:
         for _, module in self.named_modules():
             yield module
 
+    def set_submodule(self, target: str, module: Module) -> None:
+        """Put ``module`` at the dotted name ``target`` (``"h.0.attn.c_attn"``), replacing the sub-module there,
+        as ``torch.nn.Module.set_submodule``; it keeps its place among its siblings. A path through a name
+        that is not a sub-module is an AttributeError."""
+        *path, last = target.split(".")
+        owner: Module = self
+        for part in path:
+            child = owner._modules.get(part)
+            if child is None:
+                raise AttributeError(f"{type(owner).__name__} has no sub-module {part!r} (in {target!r})")
+            owner = child
+        setattr(owner, last, module)
+
     def children(self) -> Iterator[Module]:
         yield from (m for m in self._modules.values() if m is not None)
 

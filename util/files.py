@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "file_sha256", "json_lines", "package_file"]
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "umask", "file_sha256", "json_lines",
+           "package_file"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
@@ -49,7 +50,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, target)
         fsync_directory(target.parent)
     except BaseException as error:
@@ -83,7 +84,7 @@ def _naming(target: Path, error: OSError) -> OSError:
     return OSError(error.errno, error.strerror, str(target))
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)

@@ -343,3 +343,15 @@ def test_column_major_weights_changes_the_layout_not_the_results():
     loss = model(x).sum()  # gradients still flow, in the parameters' shapes
     loss.backward()
     assert all(p.grad.shape == p.shape for p in model.parameters())
+
+
+def test_set_submodule_replaces_a_nested_layer_in_place_as_torch_does():
+    nn.manual_seed(0)
+    ours = Sequential(Linear(4, 4), Sequential(Linear(4, 3), GELU()))
+    theirs = tnn.Sequential(tnn.Linear(4, 4), tnn.Sequential(tnn.Linear(4, 3), tnn.GELU()))
+    ours.set_submodule("1.0", Linear(4, 5))
+    theirs.set_submodule("1.0", tnn.Linear(4, 5))
+    assert [name for name, _ in ours.named_parameters()] == [name for name, _ in theirs.named_parameters()]
+    assert [p.shape for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
+    with pytest.raises(AttributeError, match="no sub-module '7'"):
+        ours.set_submodule("7.0", Linear(1, 1))

@@ -216,7 +216,7 @@ def apply_lora(model: Module, rank: int, alpha: float,
     for p in model.parameters():
         p.requires_grad_(False)
     for name, target, m in chosen:
-        _set_module(model, name, LoRALinear(m, rank, alpha, target))
+        model.set_submodule(name, LoRALinear(m, rank, alpha, target))
     return [(name, p) for name, p in model.named_parameters() if _is_adapter(name)]
 
 
@@ -245,7 +245,7 @@ def _restore_bases(model: Module, layers: list[tuple[str, LoRALinear]]) -> None:
         base = layer._base
         base.weight, base.bias = layer.weight, layer.bias
         object.__setattr__(base, "training", layer.training)
-        _set_module(model, name, base)
+        model.set_submodule(name, base)
 
 
 # ---------------------------------------------------------------- reading adapters out of a model
@@ -382,12 +382,3 @@ def _lora_layers(model: Module) -> list[tuple[str, LoRALinear]]:
     if not layers:
         raise LoRAError(f"this {type(model).__name__} has no LoRA adapters (apply_lora first)")
     return layers
-
-
-def _set_module(model: Module, name: str, module: Module) -> None:
-    """Replace the sub-module at dotted ``name`` (Module.__setattr__ keeps its place among its siblings)."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model
-    for part in parent_name.split(".") if parent_name else ():
-        parent = parent._modules[part]
-    setattr(parent, attr, module)

@@ -28,7 +28,6 @@ Llama; other mixes are refused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,6 +41,7 @@ from tinygrad_llm.model import GPT, GPTConfig
 from tokenizer import Tokenizer
 from tokenizer.bpe import ENDOFTEXT
 from tokenizer.huggingface import huggingface_files, load_huggingface, save_huggingface
+from util.files import umask
 
 __all__ = ["HuggingFaceError", "is_huggingface_directory", "gpt_from_huggingface", "load_huggingface_model",
            "ARCHITECTURES", "huggingface_architecture", "huggingface_config", "huggingface_weights",
@@ -335,7 +335,7 @@ def export_huggingface(model: GPT, tokenizer: Tokenizer, directory: str | Path,
 
 def _replace_directory(new: Path, target: Path) -> None:
     """Rename ``new`` to ``target``, moving an existing ``target`` aside first and deleting it after."""
-    new.chmod(0o777 & ~_umask())  # mkdtemp makes a private directory; give the usual mode
+    new.chmod(0o777 & ~umask())  # mkdtemp makes a private directory; give the usual mode
     old = None
     if target.exists():
         old = target.with_name(f"{new.name}.old")
@@ -348,12 +348,6 @@ def _replace_directory(new: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def export_checkpoint(checkpoint: str | Path, directory: str | Path) -> Path:

@@ -302,15 +302,6 @@ def is_quantized(model: Module) -> bool:
     return any(isinstance(m, Int8Linear | Int8Embedding) for m in model.modules())
 
 
-def _set_module(model: Module, name: str, module: Module) -> None:
-    """Put ``module`` at the dotted ``name`` of ``model``, replacing what was there."""
-    owner = model
-    *path, last = name.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    setattr(owner, last, module)
-
-
 def _check_quantizable(model: GPT) -> None:
     """A QuantizationError unless every matrix of ``model`` sits in a plain Linear, or Embedding, not yet int8."""
     if not isinstance(model, GPT):
@@ -353,7 +344,7 @@ def _replace_layers(model: GPT, linear: Callable[[Linear], Int8Linear],
                     if type(m) is Linear and not (tied and name == "lm_head")]
     model.wte = table
     for name, layer in replacements:
-        _set_module(model, name, layer)
+        model.set_submodule(name, layer)
     if tied:
         model.lm_head = Int8Linear(table.embedding_dim, table.num_embeddings, bias=False).share_weights(table)
     for p in model.parameters():
