@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from tinygrad_llm.chat.data import exact_match
-from tinygrad_llm.chat.format import Message, chat_token_ids, check_conversation, render_prompt
+from tinygrad_llm.chat.format import Message, chat_marker_ids, check_conversation, render_prompt
 from tinygrad_llm.generate import PromptError, SamplingConfig, stream_text
 from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
@@ -59,7 +59,7 @@ def reply(model: GPT, tokenizer: Tokenizer, messages: Sequence[Message], max_new
     the reply.
     """
     # The reply ends at <|assistant_end|>, and at any other turn marker or <|endoftext|> a model may write instead.
-    ends = sorted({i for pair in chat_token_ids(tokenizer).values() for i in pair} | {tokenizer.eot_token})
+    ends = sorted({*chat_marker_ids(tokenizer), tokenizer.eot_token})
     context = model.config.block_size
     room = min(max_new_tokens, context // 2)
     history = fit_history(tokenizer, messages, context - room)

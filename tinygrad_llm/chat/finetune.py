@@ -50,7 +50,7 @@ import numpy as np
 import nn
 from nn import distributed, optim
 from tinygrad_llm.chat import lora as lora_module
-from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, chat_token_ids, render_conversation
+from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, chat_marker_ids, render_conversation
 from tinygrad_llm.checkpoint import (
     TOKENIZER_FILE,
     Checkpoint,
@@ -209,7 +209,7 @@ def train_token_rows(model: GPT, tokenizer: Tokenizer) -> list[tuple[str, Any]]:
     moments stay zero and those rows do not move by a bit (weight decay is 0).
     Returns the tensors to add to the optimizer.
     """
-    rows = np.array(sorted(i for pair in chat_token_ids(tokenizer).values() for i in pair))
+    rows = np.array(chat_marker_ids(tokenizer))
 
     def only_chat_rows(grad: nn.Tensor) -> nn.Tensor:
         kept = np.zeros_like(grad.data)
@@ -358,7 +358,7 @@ def adapter_info(model: GPT, tokenizer: Tokenizer, **facts: Any) -> dict[str, An
     The rows (a few, of ``n_embd`` numbers each) go into the JSON metadata, so
     that the adapter file alone, with the base run, rebuilds the model.
     """
-    ids = sorted(i for pair in chat_token_ids(tokenizer).values() for i in pair)
+    ids = chat_marker_ids(tokenizer)
     rows = {name: weight.numpy()[ids].astype(float).tolist()
             for name, weight in (("wte.weight", model.wte.weight), ("lm_head.weight", model.lm_head.weight))
             if name == "wte.weight" or weight is not model.wte.weight}

@@ -39,7 +39,7 @@ from tokenizer import ENDOFTEXT, Tokenizer
 
 __all__ = ["ROLES", "ChatFormatError", "Message", "check_conversation", "alpaca_to_messages",
            "ROLE_TOKENS", "CHAT_TOKENS", "TEMPLATE", "add_chat_tokens", "has_chat_tokens", "chat_token_ids",
-           "render_conversation", "render_prompt"]
+           "chat_marker_ids", "render_conversation", "render_prompt"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -152,6 +152,11 @@ def chat_token_ids(tokenizer: Tokenizer) -> dict[str, tuple[int, int]]:
                               "(and grow the model's vocabulary to its vocab_size)")
     specials = tokenizer.special_tokens
     return {role: (specials[start], specials[end]) for role, (start, end) in ROLE_TOKENS.items()}
+
+
+def chat_marker_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids of every turn marker in ``tokenizer``, sorted (the ids a reply stops at, the rows LoRA trains)."""
+    return sorted(i for pair in chat_token_ids(tokenizer).values() for i in pair)
 
 
 def _render(tokenizer: Tokenizer, messages: Any, final_assistant: bool) -> tuple[list[int], list[int]]:

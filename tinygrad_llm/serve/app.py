@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tinygrad_llm.chat.format import ChatFormatError, chat_token_ids, has_chat_tokens, render_prompt
+from tinygrad_llm.chat.format import ChatFormatError, chat_marker_ids, has_chat_tokens, render_prompt
 from tinygrad_llm.generate import SamplingConfig, TextStream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.serve.api import APIError, CompletionRequest, error_body, parse_chat, parse_completion
@@ -123,7 +123,7 @@ class Engine:
         self.chat = has_chat_tokens(tokenizer)
         ends = {tokenizer.eot_token}
         if self.chat:
-            ends |= {i for pair in chat_token_ids(tokenizer).values() for i in pair}
+            ends |= set(chat_marker_ids(tokenizer))
         self.stop_ids = sorted(ends)
         self.created = int(time.time())
         self._mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = {}
