@@ -41,13 +41,13 @@ import importlib
 import math
 import os
 import random
-import sysconfig
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tinygrad_llm.chat.format import ChatFormatError, Message, alpaca_to_messages, check_conversation
+from tinygrad_llm.data.sources import stdlib_files, stdlib_root
 from util.files import json_lines, package_file
 
 __all__ = ["SPLITS", "ChatDataError", "hash_split", "read_chat_jsonl",
@@ -376,7 +376,7 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 # -- 3. Docstring-to-function pairs ---------------------------------------------------------------------------------
 
-_SKIPPED_DIRECTORIES = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+_TEST_DIRECTORIES = frozenset({"test", "tests", "idle_test"})  # (the corpus itself skips site-packages & co.)
 _DOCSTRINGS_HELD_OUT = 0.1
 
 
@@ -405,11 +405,6 @@ class DocstringFunction:
     def messages(self) -> list[Message]:
         """The signature and docstring from the user, the body from the assistant."""
         return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.body}]
-
-
-def stdlib_root() -> Path:
-    """The folder of the standard library's Python source (``sysconfig.get_paths()["stdlib"]``)."""
-    return Path(sysconfig.get_paths()["stdlib"])
 
 
 def docstring_functions(split: str, root: str | os.PathLike[str] | None = None, limit: int | None = None,
@@ -460,15 +455,10 @@ def docstring_pairs(split: str, root: str | os.PathLike[str] | None = None, limi
 
 
 def _python_files(root: Path) -> list[tuple[str, Path]]:
-    """``(relative path with "/", path)`` of each ``.py`` file under ``root``, outside the skipped folders, sorted."""
-    found = []
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = [name for name in subdirectories if name not in _SKIPPED_DIRECTORIES]
-        for name in files:
-            if name.endswith(".py"):
-                path = Path(directory, name)
-                found.append((path.relative_to(root).as_posix(), path))
-    return sorted(found)
+    """``(relative path with "/", path)`` of each ``.py`` file of the corpus under ``root`` (``stdlib_files``),
+    outside test folders, sorted."""
+    return [(relative, root / relative) for relative in stdlib_files(root)
+            if _TEST_DIRECTORIES.isdisjoint(relative.split("/")[:-1])]
 
 
 @functools.cache
