@@ -188,6 +188,7 @@ def sync(paths: list[Path] | None = None, root: Path = ROOT) -> int:
     changed = 0
     for path in paths if paths is not None else chapters():
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        changed_here = 0
         for block in reversed(blocks(path)):
             try:
                 fresh = render_block(block.kind, block.spec, root)
@@ -195,8 +196,10 @@ def sync(paths: list[Path] | None = None, root: Path = ROOT) -> int:
                 raise ManualError(f"{path.name}:{block.line}: {exc}") from None
             if fresh != block.body:
                 lines[block.start:block.stop] = [fresh]
-                changed += 1
-        path.write_text("".join(lines), encoding="utf-8")
+                changed_here += 1
+        if changed_here:  # a chapter whose blocks are all fresh is left as it is
+            path.write_text("".join(lines), encoding="utf-8")
+            changed += changed_here
     return changed
 
 

@@ -11,7 +11,6 @@ manual`` runs the script again only when it is missing.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import sys
@@ -24,7 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from benchmarks.harness import cpu_model  # noqa: E402  (the CPU's name, as the benchmarks record it)
+from benchmarks.harness import cpu_model, write_json  # noqa: E402  (as the benchmarks record them)
 
 
 def out(name: str) -> Path:
@@ -40,23 +39,20 @@ def save_figure(fig: Any, name: str, source: str) -> Path:
     return path
 
 
-def write_table(name: str, header: list[str], rows: list[list[Any]], align: str | None = None) -> Path:
-    """Write a Markdown pipe table to ``figures/<name>``; ``align``: ``l`` or ``r`` per column (default l, then r)."""
+def write_table(name: str, header: list[str], rows: list[list[Any]], align: str | None = None,
+                left_marked: bool = False) -> Path:
+    """Write a Markdown pipe table to ``figures/<name>``; ``align``: ``l`` or ``r`` per column (default l, then r).
+
+    ``left_marked``: mark the ``l`` columns ``:---`` rather than ``---`` (the PDF centres unmarked columns).
+    """
     align = align or "l" + "r" * (len(header) - 1)
+    left = ":---" if left_marked else "---"
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+             "|" + "|".join("---:" if a == "r" else left for a in align) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     path = out(name)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def left_align(name: str, align: str) -> None:
-    """Left-align the left columns (``:---``) of the table ``figures/<name>``: the PDF centres plain ``---``."""
-    path = out(name)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    lines[1] = "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def record(script: str, data: dict[str, Any], sources: list[str] | None = None) -> Path:
@@ -75,5 +71,5 @@ def record(script: str, data: dict[str, Any], sources: list[str] | None = None) 
         "data": data,
     }
     path = out(Path(script).stem + ".json")
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_json(path, document)
     return path

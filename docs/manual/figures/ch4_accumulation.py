@@ -179,8 +179,7 @@ def main() -> None:
                      f"{r['param_max_abs']:.1e}", f"{r['update_scale']:.1e}", f"{r['loss_max_abs']:.1e}"])
     _common.write_table("ch4_accumulation.md",
                         ["dtype", "k x rows", "grad diff", "largest grad", "param diff", "largest update",
-                         f"loss diff, {STEPS} steps"], rows, align="llrrrrr")
-    _common.left_align("ch4_accumulation.md", "llrrrrr")
+                         f"loss diff, {STEPS} steps"], rows, align="llrrrrr", left_marked=True)
 
     urows = []
     for name in ("4+4 rows", "5+3 rows"):
@@ -189,8 +188,7 @@ def main() -> None:
             urows.append([name, " + ".join(map(str, r["counts"])), label, f"{r['grad_max_abs']:.1e}"])
     _common.write_table("ch4_accumulation_masked.md",
                         ["micro-batches", "trained tokens", "weight of a loss",
-                         "max abs grad diff from the full batch"], urows, align="lllr")
-    _common.left_align("ch4_accumulation_masked.md", "lllr")
+                         "max abs grad diff from the full batch"], urows, align="lllr", left_marked=True)
 
     import matplotlib.pyplot as plt
 

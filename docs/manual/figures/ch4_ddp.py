@@ -39,8 +39,7 @@ def main() -> None:
                       f"{r['allreduce_wait_share']:.1%}"])
     _common.write_table("ch4_ddp_sweep.md", ["bucket MB", "buckets", "overlap", "median tokens/s",
                                              "5 runs, tokens/s", "wait ms/step", "wait share"], sweep,
-                        align="rrlrrrr")
-    _common.left_align("ch4_ddp_sweep.md", "rrlrrrr")
+                        align="rrlrrrr", left_marked=True)
 
     import matplotlib.pyplot as plt
 

@@ -167,8 +167,7 @@ def main() -> None:
         ["parameters after AdamW, max abs diff", f"{worst('dp', 'param_max_abs_diff_after_adamw'):.1e}", "(not run)"],
     ]
     _common.write_table("ch4_parallel.md", ["2 processes, float64", "data parallel (DDP)", "tensor parallel"],
-                        rows, align="lll")
-    _common.left_align("ch4_parallel.md", "lll")
+                        rows, align="lll", left_marked=True)
     checks = {"dp_bytes_equal_gradient_bytes": dp["bytes_all_reduced"] == dp["gradient_bytes"],
               "tp_forward_bytes_as_predicted": tp["bytes_forward"] == predicted_tp,
               "tp_backward_bytes_as_predicted": tp["bytes_backward"] == predicted_tp}
@@ -192,8 +191,7 @@ def main() -> None:
             scale[f"{name} p={p}"] = {"parameters": n, "dp_MiB_sent": dp_sent / MiB, "tp_MiB_sent": tp_sent / MiB}
     _common.write_table("ch4_parallel_bytes.md",
                         ["model", "parameters", "micro-batch B x T", "processes p", "DP: MiB sent per process",
-                         "TP: MiB sent per process", "TP / DP"], brows, align="lrrrrrr")
-    _common.left_align("ch4_parallel_bytes.md", "lrrrrrr")
+                         "TP: MiB sent per process", "TP / DP"], brows, align="lrrrrrr", left_marked=True)
     data = {"ranks": ranks, "checks": checks, "predicted_tp_bytes_each_way": predicted_tp, "formulas": scale,
             "small_parameters": counted, "config": CONFIG, "rows": ROWS,
             "seconds": round(time.perf_counter() - started, 1)}
