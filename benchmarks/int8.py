@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+from harness import THREAD_VARS, cpu_model, write_json  # (harness imports no NumPy: the threads are set in time)
+
+for _var in THREAD_VARS:
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
@@ -68,7 +70,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent), str(ROOT / "tests" / "tinygrad_llm")]
 
 import numpy as np  # noqa: E402
-from harness import cpu_model, write_json  # noqa: E402
 
 import nn  # noqa: E402
 import tinygrad_llm.export.int8 as int8  # noqa: E402

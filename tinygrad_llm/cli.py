@@ -442,6 +442,11 @@ def load_any_model(path: Path) -> tuple[Any, Any, Path]:
     return model, tokenizer, checkpoint
 
 
+def _run_name(path: Path) -> str:
+    """A run's name: its directory's, for a run directory or a checkpoint file in one."""
+    return path.parent.name if path.is_file() else path.name
+
+
 def _budget_start() -> float | None:
     """When a time budget's clock started: run as the program, at the process's start (imports and data
     loading count too); called by another program (examples/, tests), None: from the trainer's creation."""
@@ -1008,7 +1013,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tinygrad_llm.serve.app import create_app
 
     model, tokenizer, checkpoint = load_any_model(args.checkpoint)
-    name = args.model_name or (checkpoint.parent.name if checkpoint.is_file() else checkpoint.name)
+    name = args.model_name or _run_name(checkpoint)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1096,7 +1101,7 @@ def _finetune(args: argparse.Namespace) -> int:
         elif args.lora_alpha is not None or args.lora_targets is not None:
             raise CLIError("--lora-alpha and --lora-targets need --lora-rank")
         files = args.data
-        name = Path(base).parent.name if Path(base).is_file() else Path(base).name
+        name = _run_name(Path(base))
         fields["out_dir"] = args.out or f"runs/{name}-{'lora' if lora else 'chat'}"
     for item in args.set:
         key, value = parse_set(item)

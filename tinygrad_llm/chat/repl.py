@@ -26,15 +26,14 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TextIO
 
-from tinygrad_llm.chat.assistant import reply
+from tinygrad_llm.chat.assistant import GREEDY, reply
 from tinygrad_llm.chat.format import Message
 from tinygrad_llm.generate import PromptError, SamplingConfig
 from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
-from util.files import atomic_write
+from util.files import atomic_write_bytes
 
 __all__ = ["ChatSession", "run_repl", "HELP"]
 
@@ -48,7 +47,7 @@ class ChatSession:
                  sampling: SamplingConfig | None = None, seed: int | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.system, self.max_new_tokens = system, max_new_tokens
-        self.sampling, self.seed = sampling or SamplingConfig(temperature=0.0), seed
+        self.sampling, self.seed = sampling or GREEDY, seed
         self.turns: list[Message] = []
 
     @property
@@ -73,7 +72,7 @@ class ChatSession:
     def save(self, path: str | os.PathLike[str]) -> None:
         """The conversation as one JSON line ``{"messages": [...]}``, written atomically."""
         line = json.dumps({"messages": self.messages}, ensure_ascii=False) + "\n"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(line, encoding="utf-8"))
+        atomic_write_bytes(path, line.encode("utf-8"))
 
 
 def _command(session: ChatSession, line: str, out: TextIO) -> bool:
