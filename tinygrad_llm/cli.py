@@ -298,6 +298,8 @@ def _add_prepare_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, help="processes (default: one per CPU)")
     p.add_argument("--filters", choices=("auto", "code", "prose"), default="auto",
                    help="quality filters: code or prose rules (default auto: code for source files)")
+    p.add_argument("--filter-threshold", type=_threshold, action="append", default=[], metavar="NAME=VALUE",
+                   help="change one filter threshold, e.g. max_digit_fraction=0.3 (repeatable; see docs/data.md)")
     p.add_argument("--no-filter", dest="filters", action="store_const", const="none",
                    help="no quality filters (empty documents are still dropped)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact and near duplicates")
@@ -348,6 +350,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _threshold(text: str) -> tuple[str, float]:
+    """NAME=VALUE with a finite number >= 0 (a filter threshold; the name is checked by prepare)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), _non_negative_float(value.strip())
+
+
 def _probability(text: str) -> float:
     value = _non_negative_float(text)
     if not 0 < value <= 1:
@@ -365,6 +375,7 @@ def _prepare(args: argparse.Namespace) -> int:
     try:
         config = PrepareConfig(source=args.source, out=args.out, max_documents=args.max_documents,
                                workers=args.workers, filters=args.filters, dedup=args.dedup, force=args.force,
+                               filter_thresholds=tuple(args.filter_threshold),
                                **{name: value for name, value in options.items() if value is not None})
         result = prepare(config)
     except DataError as exc:
@@ -406,6 +417,8 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed (default: fresh each run)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--no-heal", dest="heal", action="store_false",
+                   help="no token healing: keep the prompt's last token as it is (see generate.heal_prompt)")
     p.set_defaults(func=_generate)
 
 
@@ -496,7 +509,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     model, tokenizer, _ = load_any_model(args.checkpoint)
     prompt = args.prompt if args.prompt is not None else _read_stdin_utf8()
-    pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop)
+    pieces = generate_text(model, tokenizer, prompt, args.max_new_tokens, sampling, args.seed, args.stop,
+                           heal=args.heal)
     sys.stdout.write(prompt + next(pieces))  # next() checks the prompt (PromptError) before anything is printed
     for piece in pieces:
         sys.stdout.write(piece)

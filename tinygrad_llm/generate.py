@@ -24,7 +24,7 @@ from tinygrad_llm.model import GPT
 from tokenizer import Tokenizer
 
 __all__ = ["SamplingConfig", "sample_next", "generate_tokens", "generate_text", "stream_text", "decode_stream",
-           "TextStream", "PromptError"]
+           "TextStream", "PromptError", "heal_prompt"]
 
 
 class PromptError(ValueError):
@@ -74,8 +74,12 @@ def sample_next(logits: np.ndarray, config: SamplingConfig, rng: np.random.Gener
 
 
 def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
-                    seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
-    """Yield up to ``max_new_tokens`` new token ids after ``prompt``, stopping after a token in ``stop_ids``."""
+                    seed: int | None = None, stop_ids: Sequence[int] = (),
+                    first_allowed: Sequence[int] | None = None) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` new token ids after ``prompt``, stopping after a token in ``stop_ids``.
+
+    ``first_allowed``, when given, are the only ids the first new token may be (token healing).
+    """
     context = model.config.block_size
     if not prompt:
         raise PromptError("the prompt is empty (it needs at least one token)")
@@ -95,7 +99,10 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
                         cache.reset()
                     pending = tokens[-(context // 2):]
                 logits, _ = model(np.asarray([pending]), caches=caches, logits_at=[len(pending) - 1])
-                token = sample_next(logits.numpy()[0, -1], sampling, rng)
+                row = logits.numpy()[0, -1]
+                if first_allowed is not None and len(tokens) == len(prompt):
+                    row = np.where(np.isin(np.arange(row.size), first_allowed), row, -np.inf)
+                token = sample_next(row, sampling, rng)
                 tokens.append(token)
                 pending = [token]
                 yield token
@@ -105,30 +112,62 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
         model.train(was_training)
 
 
+def heal_prompt(tokenizer: Tokenizer, ids: Sequence[int]) -> tuple[list[int], list[int] | None, str]:
+    """Token healing: (the prompt without its last token, the ids the first new token may be, the removed text).
+
+    The prompt is left whole (``allowed`` is None, no text removed) when there
+    is nothing to heal: one token only, a special token last, a last token
+    that is not whole UTF-8 text, or no other token that starts with it.
+    """
+    ids = list(ids)
+    specials = set(tokenizer.special_tokens.values())
+    if len(ids) < 2 or ids[-1] in specials:
+        return ids, None, ""
+    tail = tokenizer.token_bytes(ids[-1])
+    try:
+        text = tail.decode("utf-8")
+    except UnicodeDecodeError:
+        return ids, None, ""
+    allowed = [i for i in range(tokenizer.vocab_size)
+               if i not in specials and tokenizer.token_bytes(i).startswith(tail)]
+    if allowed == [ids[-1]]:
+        return ids, None, ""
+    return ids[:-1], allowed, text
+
+
 def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,
                   sampling: SamplingConfig | None = None, seed: int | None = None,
-                  stop: Sequence[str] = (), stop_at_eot: bool = True) -> Iterator[str]:
+                  stop: Sequence[str] = (), stop_at_eot: bool = True, heal: bool = False) -> Iterator[str]:
     """Stream the continuation of ``prompt`` as text pieces, ending before the first stop string.
 
-    The prompt may hold special tokens (``<|endoftext|>``); they are encoded as such.
+    The prompt may hold special tokens (``<|endoftext|>``); they are encoded as
+    such. ``heal`` turns on token healing (module docstring); the text streamed
+    is still only what follows ``prompt``.
     """
     ids = tokenizer.encode(prompt, allowed_special="all")
+    allowed, removed = None, ""
+    if heal:
+        ids, allowed, removed = heal_prompt(tokenizer, ids)
     eot = tokenizer.special_tokens.get("<|endoftext|>")
     stop_ids = [eot] if stop_at_eot and eot is not None else []
-    return stream_text(model, tokenizer, ids, max_new_tokens, sampling, seed, stop, stop_ids)
+    return stream_text(model, tokenizer, ids, max_new_tokens, sampling, seed, stop, stop_ids,
+                       first_allowed=allowed, skip=removed)
 
 
 def stream_text(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], max_new_tokens: int = 200,
                 sampling: SamplingConfig | None = None, seed: int | None = None, stop: Sequence[str] = (),
-                stop_ids: Sequence[int] = (), record: list[int] | None = None) -> Iterator[str]:
+                stop_ids: Sequence[int] = (), record: list[int] | None = None,
+                first_allowed: Sequence[int] | None = None, skip: str = "") -> Iterator[str]:
     """Stream the text the model writes after the token ids ``ids``, ending before a stop string or stop id.
 
     A token in ``stop_ids`` ends the text and is not part of it (the chat stops
     at ``<|assistant_end|>`` this way). ``record``, when given, receives every
     token id the model wrote, the stopping one too (:func:`decode_stream`).
+    ``first_allowed`` and ``skip`` are token healing's (:func:`heal_prompt`):
+    the ids the first token may be, and the text it starts with that is not streamed.
     """
-    tokens = generate_tokens(model, ids, max_new_tokens, sampling or SamplingConfig(), seed, stop_ids)
-    return decode_stream(tokenizer, tokens, stop, stop_ids, record)
+    tokens = generate_tokens(model, ids, max_new_tokens, sampling or SamplingConfig(), seed, stop_ids, first_allowed)
+    return decode_stream(tokenizer, tokens, stop, stop_ids, record, skip)
 
 
 class TextStream:
@@ -139,12 +178,15 @@ class TextStream:
     it is known not to be one. :meth:`push` takes the next id and returns the
     text that is now certain; :attr:`done` turns true at a stop id or a stop
     string; :meth:`finish` returns what was held back. ``record`` (a list)
-    receives every id pushed, the stopping one too.
+    receives every id pushed, the stopping one too. ``skip`` is text the
+    tokens start with that is dropped before anything else (token healing's
+    removed prompt end): it is neither returned nor searched for stop strings.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
-                 record: list[int] | None = None) -> None:
+                 record: list[int] | None = None, skip: str = "") -> None:
         self.tokenizer, self.stop, self.stop_ids, self.record = tokenizer, tuple(stop), frozenset(stop_ids), record
+        self._skip = len(skip)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""
         self._hold = max((len(s) for s in self.stop), default=1) - 1
@@ -161,6 +203,9 @@ class TextStream:
             self.done = True
             return ""
         self._held += self._decoder.decode(self.tokenizer.token_bytes(token))
+        if self._skip:
+            dropped = min(self._skip, len(self._held))
+            self._held, self._skip = self._held[dropped:], self._skip - dropped
         hits = [self._held.find(s) for s in self.stop if s in self._held]
         if hits:
             self.done, self._cut = True, True
@@ -181,10 +226,10 @@ class TextStream:
 
 
 def decode_stream(tokenizer: Tokenizer, tokens: Iterable[int], stop: Sequence[str] = (), stop_ids: Sequence[int] = (),
-                  record: list[int] | None = None) -> Iterator[str]:
+                  record: list[int] | None = None, skip: str = "") -> Iterator[str]:
     """Text pieces from a stream of token ids (a model's, one by one), ending before a stop string or stop id
     (:class:`TextStream` over an iterable)."""
-    stream = TextStream(tokenizer, stop, stop_ids, record)
+    stream = TextStream(tokenizer, stop, stop_ids, record, skip)
     for token in tokens:
         text = stream.push(token)
         if text:

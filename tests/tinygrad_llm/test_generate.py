@@ -190,7 +190,7 @@ def byte_tokens(tokenizer: Tokenizer, text: str) -> list[int]:
 
 def fixed_stream(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
     """Make ``generate_text`` draw ``tokens`` from its token generator, whatever the model."""
-    def fake(model, prompt, max_new_tokens, sampling, seed=None, stop_ids=()):
+    def fake(model, prompt, max_new_tokens, sampling, seed=None, stop_ids=(), first_allowed=None):
         yield from tokens[:max_new_tokens]
 
     monkeypatch.setattr(generate_module, "generate_tokens", fake)
@@ -278,3 +278,63 @@ def test_generate_command_refuses_invalid_sampling_options(trained_run, capsys, 
     status, out, err = generate(capsys, "-c", str(trained_run), "-p", "def ", *option)
     assert status == 2 and out == ""
     assert err.count("tinygrad-llm: error:") == 1 and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- token healing
+
+CODE = "def parse(text):\n    return text\n\ndef print_all(items):\n    for item in items:\n        print(item)\n" * 8
+
+
+@pytest.fixture(scope="module")
+def code_tokenizer() -> Tokenizer:
+    return Tokenizer.train(CODE, 320, progress=False)
+
+
+def test_healing_backs_up_over_a_trailing_space(code_tokenizer):
+    tok = code_tokenizer
+    ids = tok.encode("def ")
+    assert [tok.decode([i]) for i in ids] == ["def", " "]  # the lone space the model rarely saw in training
+    healed, allowed, removed = generate_module.heal_prompt(tok, ids)
+    assert healed == ids[:-1] and removed == " "
+    starting_with_space = {i for i in range(tok.vocab_size) if tok.token_bytes(i).startswith(b" ")}
+    assert set(allowed) == starting_with_space
+    assert tok.encode(" parse")[0] in allowed and ids[-1] in allowed  # a word's token, and the space itself
+
+
+def test_healing_leaves_a_prompt_with_nothing_to_heal(code_tokenizer):
+    tok = code_tokenizer
+    eot = tok.eot_token
+    for ids in (tok.encode("def"), [*tok.encode("def"), eot]):  # one token; a special token last
+        assert generate_module.heal_prompt(tok, ids) == (ids, None, "")
+    pieces = [tok.token_bytes(i) for i in range(tok.vocab_size)]
+    maximal = [i for i, b in enumerate(pieces) if i != eot and sum(p.startswith(b) for p in pieces) == 1]
+    assert maximal  # tokens no longer token starts with
+    ids = [*tok.encode("x"), maximal[0]]
+    assert generate_module.heal_prompt(tok, ids) == (ids, None, "")
+
+
+def test_healed_generation_streams_only_what_follows_the_prompt(code_tokenizer, monkeypatch):
+    tok = code_tokenizer
+    seen = {}
+
+    def fake(model, prompt, max_new_tokens, sampling, seed=None, stop_ids=(), first_allowed=None):
+        seen["prompt"], seen["allowed"] = list(prompt), first_allowed
+        yield from tok.encode(" parse(text):\n    return text")
+
+    monkeypatch.setattr(generate_module, "generate_tokens", fake)
+    text = "".join(generate_text(None, tok, "def ", 50, heal=True, stop=[" p"]))  # the healed space is no stop
+    assert text == "parse(text):\n    return text"
+    assert seen["prompt"] == tok.encode("def") and tok.encode(" parse")[0] in seen["allowed"]
+    assert "".join(generate_text(None, tok, "def ", 50, heal=False)) == " parse(text):\n    return text"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_healed_first_token_starts_with_the_removed_text(code_tokenizer, seed):
+    tok = code_tokenizer
+    model = random_model("rope", vocab_size=tok.vocab_size, seed=seed)
+    healed, allowed, removed = generate_module.heal_prompt(tok, tok.encode("def "))
+    tokens = list(generate_tokens(model, healed, 6, SamplingConfig(temperature=1.0), seed=seed, first_allowed=allowed))
+    assert tok.token_bytes(tokens[0]).startswith(removed.encode())
+    text = "".join(generate_text(model, tok, "def ", 6, SamplingConfig(temperature=1.0), seed=seed, heal=True,
+                                 stop_at_eot=False))
+    assert "def " + text == tok.decode(healed + tokens)
