@@ -352,6 +352,10 @@ def test_on_a_terminal_each_stage_line_is_drawn_once_when_one_update_finishes_it
     ({"a.txt": "x\n"}, ["--tokenizer", "SOURCE/a.txt"], "not a tinygrad-llm tokenizer file"),
     ({"a.txt": "x\n"}, ["--tokenizer", "SOURCE/none.txt"], "none.txt: no such tokenizer file"),
     ({"a.txt": "x\n"}, ["--max-documents", "0"], "must be at least 1"),
+    ({"a.py": "x = 1\n"}, ["--filter-threshold", "max_digits=0.3"], "no filter has a threshold called 'max_digits'"),
+    ({"a.py": "x = 1\n"}, ["--filter-threshold", "max_digit_fraction"], "expected NAME=VALUE"),
+    ({"a.py": "x = 1\n"}, ["--filter-threshold", "max_digit_fraction=lots"], "not a number"),
+    ({"a.py": "x = 1\n"}, ["--filter-threshold", "max_digit_fraction=1.5"], r"must be in \[0, 1\]"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, files, extra, message):
     source = tmp_path / "source"

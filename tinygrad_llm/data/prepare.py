@@ -74,7 +74,7 @@ import numpy as np
 
 from tinygrad_llm.data import DataError
 from tinygrad_llm.data.clean import CleaningConfig, clean_and_dedup
-from tinygrad_llm.data.filters import CODE_FILTERS, PROSE_FILTERS, Filter, first_failure
+from tinygrad_llm.data.filters import CODE_FILTERS, PROSE_FILTERS, Filter, first_failure, with_thresholds
 from tinygrad_llm.data.normalize import normalize_text
 from tinygrad_llm.data.shards import (
     FORMAT,
@@ -134,6 +134,8 @@ class PrepareConfig:
         workers: processes for cleaning and tokenizing (default: one per CPU).
         filters: ``"auto"`` (code filters for source code, prose filters otherwise),
             ``"code"``, ``"prose"`` or ``"none"`` (then only empty documents are dropped).
+        filter_thresholds: (name, value) pairs that change the chosen filters'
+            thresholds (``filters.with_thresholds``), e.g. ``(("max_digit_fraction", 1.0),)``.
         dedup: remove exact and near duplicates.
         shard_tokens: the most tokens in one shard file.
         tokenizer_budget: about how many bytes of train text the tokenizer learns from.
@@ -147,6 +149,7 @@ class PrepareConfig:
     max_documents: int | None = None
     workers: int | None = None
     filters: FilterChoice = "auto"
+    filter_thresholds: tuple[tuple[str, float], ...] = ()
     dedup: bool = True
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     tokenizer_budget: int = TOKENIZER_BUDGET_BYTES
@@ -269,9 +272,7 @@ class _FirstDocuments:
 def _read_and_clean(source: Source, config: PrepareConfig) -> tuple[list[Document], dict, dict]:
     """The kept, normalised documents, the cleaning report and what was read, as meta entries."""
     documents = source if config.max_documents is None else _FirstDocuments(source, config.max_documents)
-    kind = source.kind if config.filters in ("auto", "none") else config.filters
-    filter_name = "none" if config.filters == "none" else kind
-    filters = {"none": (), "code": CODE_FILTERS, "prose": PROSE_FILTERS}[filter_name]
+    kind, filter_name, filters = _filters(config, source)
     _say(f"reading and cleaning {source.spec} (filters: {filter_name}, dedup: {'on' if config.dedup else 'off'}) ...")
     start = time.perf_counter()
     total = source.count_documents()
@@ -457,13 +458,25 @@ def _reusable_meta(out: Path, fingerprint: str) -> dict[str, Any] | None:
     return meta
 
 
+def _filters(config: PrepareConfig, source: Source) -> tuple[str, str, tuple[Filter, ...]]:
+    """(the source's kind, the filter set's name, its filters with ``config.filter_thresholds`` applied)."""
+    kind = source.kind if config.filters in ("auto", "none") else config.filters
+    filter_name = "none" if config.filters == "none" else kind
+    filters = {"none": (), "code": CODE_FILTERS, "prose": PROSE_FILTERS}[filter_name]
+    try:
+        return kind, filter_name, with_thresholds(filters, config.filter_thresholds)
+    except ValueError as exc:
+        raise DataError(f"--filter-threshold: {exc}") from None
+
+
 def _fingerprint(config: PrepareConfig, source: Source, tokenizer_hash: str | None) -> str:
     """SHA-256 of everything the output depends on: inputs, options, tokenizer, versions."""
     tokenizer = ({"sha256": tokenizer_hash} if tokenizer_hash is not None
                  else {"vocab_size": config.vocab_size, "budget_bytes": config.tokenizer_budget})
     inputs = {"format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION, "source": config.source,
               "root": str(source.root.resolve()), "files": source.inputs(), "max_documents": config.max_documents,
-              "filters": config.filters, "dedup": config.dedup, "shard_tokens": config.shard_tokens,
+              "filters": config.filters, "filter_rules": repr(_filters(config, source)[2]),
+              "dedup": config.dedup, "shard_tokens": config.shard_tokens,
               "tokenizer": tokenizer}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
 
