@@ -41,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--prepare", action="append", default=[], metavar="OPTION",
+                   help="an extra option for the prepare step, e.g. --prepare=--vocab-size=8192 (repeatable)")
     p.add_argument("--samples", type=int, default=len(PROMPTS), help="samples to print at the end")
     return p.parse_args()
 
@@ -77,7 +79,7 @@ def main() -> None:
     data = args.data or str(ROOT / "data" / name)
     out = args.out or str(ROOT / "runs" / args.preset)
 
-    step("1/3 prepare", ["prepare", "--source", args.source, "--out", data])
+    step("1/3 prepare", ["prepare", "--source", args.source, "--out", data, *args.prepare])
 
     train = ["train", "--data", data, "--preset", args.preset, "--time-budget", args.budget, "--out", out,
              "--device", args.device] + [f"--set={s}" for s in args.set]
