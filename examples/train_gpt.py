@@ -6,7 +6,7 @@
 It runs the same three steps a user would type, through the same code:
 
     tinygrad-llm prepare  --source stdlib --out data/stdlib
-    tinygrad-llm train    --data data/stdlib --preset small --time-budget 7m --out runs/small
+    tinygrad-llm train    --data data/stdlib --preset small --time-budget 9m --out runs/small
     tinygrad-llm generate --checkpoint runs/small --prompt "def "
 
 Run it again and it reuses the prepared data and, if the run finished, the
@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--source", default="stdlib", help="stdlib (default), a directory, a glob or a .jsonl file")
     p.add_argument("--data", default=None, help="where the token shards go (default: data/<source name>)")
     p.add_argument("--preset", default="small", help="model preset (default: small)")
-    p.add_argument("--budget", default="7m", help="training time, evaluation included (default: 7m)")
+    p.add_argument("--budget", default="9m", help="training time, evaluation included (default: 9m)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")

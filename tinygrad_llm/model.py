@@ -165,7 +165,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-1558m": dict(n_layer=48, n_head=25, n_embd=1600),
     # Small CPU models for a 4096-token BPE vocabulary.
     "tiny": dict(vocab_size=4096, block_size=64, n_layer=2, n_head=2, n_embd=64),
-    "small": dict(vocab_size=4096, block_size=128, n_layer=4, n_head=4, n_embd=256),
+    # small is the main job's model, the winner of its sweep at its nine-minute budget on two cores (issue 20,
+    # benchmarks/results/main_job_sweep.json): rotary positions and width 128 (1.3M parameters) beat learned
+    # positions and width 192 or 256; a smaller model sees more tokens in the same time.
+    "small": dict(vocab_size=4096, block_size=128, n_layer=4, n_head=2, n_embd=128, pos="rope"),
 }
 
 

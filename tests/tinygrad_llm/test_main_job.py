@@ -192,7 +192,7 @@ def test_empty_corpus(tmp_path, capsys, files):
 @pytest.mark.parametrize(("override", "named"), [
     ("batch_size=100000", "the train split is smaller than one batch"),
     ("block_size=1000000", "the train split is smaller than one batch"),
-    ("block_size=200000", "fewer than one window of 200000 + 1"),  # enough train tokens, too few val tokens
+    ("block_size=150000", "fewer than one window of 150000 + 1"),  # enough train tokens, too few val tokens
 ])
 def test_corpus_smaller_than_one_batch(tmp_path, capsys, fast_args, data_dir, override, named):
     status, _, err = cli(capsys, "train", "--data", data_dir, "--out", tmp_path / "run", "--max-steps", 2, *fast_args,

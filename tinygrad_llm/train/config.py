@@ -18,7 +18,14 @@ from typing import Any
 from nn.optim import SCHEDULES
 from tinygrad_llm.model import PRESETS, ConfigError, GPTConfig, check_field_types
 
-__all__ = ["TrainConfig", "resolve_config", "parse_duration", "parse_set"]
+__all__ = ["TrainConfig", "resolve_config", "parse_duration", "parse_set", "PRESET_RECIPES"]
+
+PRESET_RECIPES: dict[str, dict[str, Any]] = {
+    # The main job's preset: the learning rate that won the sweep at its own time budget (issue 20,
+    # benchmarks/results/main_job_sweep.json; a 4M-parameter model takes a higher rate than GPT-2's 6e-4).
+    "small": dict(lr=2e-3),
+}
+"""Training settings that go with a preset (under the TOML file, ``--set`` and keywords, like the preset's shape)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,8 @@ def resolve_config(preset: str | None = None, toml_path: str | Path | None = Non
                    **train_fields: Any) -> tuple[dict, TrainConfig]:
     """Merge preset (or the resumed run's config) < TOML file < ``--set key=value`` < keyword arguments.
 
+    A preset brings its shape (``model.PRESETS``) and its recipe (``PRESET_RECIPES``).
+
     Returns the model fields (a dict: the vocabulary size comes from the data
     later) and the TrainConfig. The TOML file may have ``preset = "small"``,
     a ``[model]`` and a ``[train]`` table, or bare keys. ``resume_from`` is a
@@ -177,4 +186,6 @@ def resolve_config(preset: str | None = None, toml_path: str | Path | None = Non
     base = PRESETS[name] if name is not None else resume_from["model_config"]
     model_fields = {**base, **model}
     GPTConfig.from_dict({**model_fields})  # validate now, so a bad key fails before any work
+    if not resume_from:
+        train = {**PRESET_RECIPES.get(name, {}), **train}
     return model_fields, TrainConfig(**train)
