@@ -229,7 +229,7 @@ def _parent(args: argparse.Namespace) -> int:
                               "allreduce_wait_ms_per_step": round(1000 * median(config, "wait_s_per_step"), 1),
                               "allreduce_wait_share": round(median(config, "wait_s_per_step") / step, 4)})
     report = {
-        "benchmark": "data-parallel scaling, small preset (4.2M parameters), weak scaling",
+        "benchmark": "data-parallel scaling, small preset, weak scaling",
         "what": (f"tokens/s of forward + backward + gradient all-reduce + clipping + AdamW, micro-batch "
                  f"{args.batch_size} x 128 per process, one BLAS thread per process, float32; median of "
                  f"{args.repeats} runs of {args.steps} timed steps (after {args.warmup} warm-up steps), each "

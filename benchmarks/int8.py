@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/int8.py            # about 1 minute; writes benchmarks/results/int8.json
 
-The model is ``runs/small`` (``make train``: the ``small`` preset, 4.2M
-parameters, trained on ``data/stdlib``), quantized by
+The model is ``runs/small`` (``make train``: the ``small`` preset, trained on
+``data/stdlib``), quantized by
 ``tinygrad_llm.export.int8.quantize_checkpoint`` into a temporary directory.
 Every number comes from one run on one machine, float32 and int8 measured
 alternately in the same process where they are timed, so that both see the

@@ -2,7 +2,7 @@
 
 Reads three results files, runs nothing:
 
-- ``benchmarks/results/main_job.json``: the validation evaluations of the main job (``make train``, 7 minutes),
+- ``benchmarks/results/main_job_7m.json``: the validation evaluations of the main job (``make train``, 7 minutes),
   each with loss in nats per token and bits per byte (the trainer divides the summed loss in bits by the UTF-8
   bytes of the predicted tokens);
 - ``benchmarks/results/train_loop.json``: the training loss of every step of 200 steps, ours and PyTorch's on the
@@ -31,7 +31,7 @@ def load(name: str) -> dict:
 
 
 def main() -> None:
-    main_job, loop, evaluation = load("main_job.json"), load("train_loop.json"), load("eval.json")
+    main_job, loop, evaluation = load("main_job_7m.json"), load("train_loop.json"), load("eval.json")
     evals = main_job["evaluations"]
     steps = [e["step"] for e in evals]
     bpb = [e["val_bpb"] for e in evals]
@@ -78,7 +78,7 @@ def main() -> None:
         "train_loop_final_val_loss": curves["final_val_loss"],
         "train_loop_max_abs_loss_difference": curves["max_abs_loss_difference"],
         "eval_perplexity": ppl,
-    }, sources=["benchmarks/results/main_job.json", "benchmarks/results/train_loop.json",
+    }, sources=["benchmarks/results/main_job_7m.json", "benchmarks/results/train_loop.json",
                 "benchmarks/results/eval.json"])
     print(f"bpb {bpb}; tokens/byte {[round(t, 4) for t in tokens_per_byte]}")
 
