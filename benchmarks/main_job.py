@@ -22,8 +22,9 @@ every time:
     .venv/bin/python benchmarks/main_job.py --score runs/small --label before   # score a finished run only
     .venv/bin/python benchmarks/main_job.py --score runs/small --sampling        # the sampling table
 
-The default run writes ``benchmarks/results/main_job_7m.json`` (and removes the
-job's data and run first, so prepare is timed too); ``--sweep NAME`` instead
+The default run writes ``benchmarks/results/main_job.json`` (and removes the
+job's data and run first, so prepare is timed too; ``main_job_7m.json`` is the
+record of the job before issue 20); ``--sweep NAME`` instead
 adds or replaces row NAME in ``benchmarks/results/main_job_sweep.json``, reusing
 prepared data between rows that prepare the same way.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -44,7 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import ROOT, cpu_model, write_json  # noqa: E402
 
+from tinygrad_llm.checkpoint import read_info, resolve_checkpoint  # noqa: E402
+from tinygrad_llm.cli import load_any_model  # noqa: E402
 from tinygrad_llm.evaluate.syntax import parses, sample_functions  # noqa: E402
+from tinygrad_llm.generate import SamplingConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PROMPT, NEW_TOKENS, SEEDS = "def ", 120, range(20)
@@ -54,12 +59,8 @@ SAMPLING_GRID = (  # (temperature, top_k, top_p): the protocol first, then what 
     (0.8, 0, 0.9), (0.6, 0, 0.9), (0.6, 20, 1.0))
 
 
-def sample(run: Path, temperature: float, top_k: int, top_p: float, heal: bool = True) -> list[str]:
-    """The 20 functions of the protocol, sampled from ``run``'s checkpoint (the one ``generate`` picks)."""
-    from tinygrad_llm.cli import load_any_model
-    from tinygrad_llm.generate import SamplingConfig
-
-    model, tokenizer, _ = load_any_model(run)
+def sample(model, tokenizer, temperature: float, top_k: int, top_p: float, heal: bool = True) -> list[str]:
+    """The 20 functions of the protocol under one sampling setting."""
     return sample_functions(model, tokenizer, SEEDS, SamplingConfig(temperature, top_k, top_p), PROMPT, NEW_TOKENS,
                             heal)
 
@@ -80,14 +81,13 @@ def score(run: Path, reference: Path) -> dict:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in records if "val_loss" in r]
     steps = [r for r in records if "tokens_per_s" in r]
-    from tinygrad_llm.checkpoint import read_info, resolve_checkpoint
-
     info = read_info(resolve_checkpoint(run))
     train, model = info["train_config"], info["model_config"]
     tokens_per_step = train["total_batch_tokens"] or train["batch_size"] * model["block_size"]
-    functions = sample(run, **PROTOCOL)
+    network, tokenizer, _ = load_any_model(run)  # the checkpoint `generate` picks
+    functions = sample(network, tokenizer, **PROTOCOL)
     ok = [parses(f) for f in functions]
-    unhealed = sum(map(parses, sample(run, **PROTOCOL, heal=False)))
+    unhealed = sum(map(parses, sample(network, tokenizer, **PROTOCOL, heal=False)))
     return {
         "steps": evals[-1]["step"],
         "tokens_seen": info["step"] * tokens_per_step,
@@ -109,8 +109,9 @@ def score(run: Path, reference: Path) -> dict:
 
 def sampling_table(run: Path) -> list[dict]:
     rows = []
+    model, tokenizer, _ = load_any_model(run)
     for temperature, top_k, top_p in SAMPLING_GRID:
-        functions = sample(run, temperature, top_k, top_p)
+        functions = sample(model, tokenizer, temperature, top_k, top_p)
         parsed = sum(map(parses, functions))
         rows.append({"temperature": temperature, "top_k": top_k, "top_p": top_p, "parsed": parsed,
                      "parse_rate": parsed / len(functions)})
@@ -121,14 +122,14 @@ def sampling_table(run: Path) -> list[dict]:
 def machine() -> dict:
     import numpy
 
-    return {"cpu": cpu_model(), "cpu_count": len(__import__("os").sched_getaffinity(0)),
+    return {"cpu": cpu_model(), "cpu_count": len(os.sched_getaffinity(0)),
             "platform": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__,
-            "load_average_at_start": [round(x, 2) for x in __import__("os").getloadavg()]}
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", metavar="NAME", help="write row NAME of main_job_sweep.json instead of main_job_7m.json")
+    p.add_argument("--sweep", metavar="NAME", help="write row NAME of main_job_sweep.json instead of main_job.json")
     p.add_argument("--score", type=Path, metavar="RUN", help="only score this finished run (no training)")
     p.add_argument("--label", help="the row's name with --score")
     p.add_argument("--sampling", action="store_true", help="with --score: parse rate under each sampling setting")

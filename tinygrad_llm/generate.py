@@ -100,8 +100,10 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
                     pending = tokens[-(context // 2):]
                 logits, _ = model(np.asarray([pending]), caches=caches, logits_at=[len(pending) - 1])
                 row = logits.numpy()[0, -1]
-                if first_allowed is not None and len(tokens) == len(prompt):
-                    row = np.where(np.isin(np.arange(row.size), first_allowed), row, -np.inf)
+                if first_allowed is not None and len(tokens) == len(prompt):  # healing: only these may come first
+                    allowed = np.full_like(row, -np.inf)
+                    allowed[first_allowed] = row[first_allowed]
+                    row = allowed
                 token = sample_next(row, sampling, rng)
                 tokens.append(token)
                 pending = [token]

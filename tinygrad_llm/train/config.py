@@ -22,7 +22,7 @@ __all__ = ["TrainConfig", "resolve_config", "parse_duration", "parse_set", "PRES
 
 PRESET_RECIPES: dict[str, dict[str, Any]] = {
     # The main job's preset: the learning rate that won the sweep at its own time budget (issue 20,
-    # benchmarks/results/main_job_sweep.json; a 4M-parameter model takes a higher rate than GPT-2's 6e-4).
+    # benchmarks/results/main_job_sweep.json; a 1M-parameter model takes a higher rate than GPT-2's 6e-4).
     "small": dict(lr=2e-3),
 }
 """Training settings that go with a preset (under the TOML file, ``--set`` and keywords, like the preset's shape)."""
