@@ -227,26 +227,20 @@ def int8_inference() -> dict:
 def render(data: dict) -> None:
     """The table and the two pictures, from the measured ``data``."""
     a, b, c, d = (data[k] for k in ("training_step", "generation", "attention", "int8"))
-    # (group, configuration, memory bytes, reference memory, time s, reference time)
+    def row(group: str, name: str, entry: dict, reference: dict, memory: str = "peak_bytes") -> tuple:
+        """(group, configuration, memory bytes, reference memory, time s, reference time)."""
+        return group, name, entry[memory], reference[memory], entry["cpu_s"], reference["cpu_s"]
+
     rows = [
-        ("(a) training step", "plain", a["plain"]["peak_bytes"], a["plain"]["peak_bytes"],
-         a["plain"]["cpu_s"], a["plain"]["cpu_s"]),
-        ("(a) training step", "checkpointing", a["checkpointed"]["peak_bytes"], a["plain"]["peak_bytes"],
-         a["checkpointed"]["cpu_s"], a["plain"]["cpu_s"]),
-        ("(b) per new token", "KV cache", b["cache"]["peak_bytes"], b["cache"]["peak_bytes"],
-         b["cache"]["cpu_s"], b["cache"]["cpu_s"]),
-        ("(b) per new token", "recompute prefix", b["recompute"]["peak_bytes"], b["cache"]["peak_bytes"],
-         b["recompute"]["cpu_s"], b["cache"]["cpu_s"]),
-        ("(c) attention fwd+bwd", "composed ops", c["composed"]["peak_bytes"], c["composed"]["peak_bytes"],
-         c["composed"]["cpu_s"], c["composed"]["cpu_s"]),
-        ("(c) attention fwd+bwd", "fused op", c["fused"]["peak_bytes"], c["composed"]["peak_bytes"],
-         c["fused"]["cpu_s"], c["composed"]["cpu_s"]),
-        ("(c) attention fwd+bwd", "tiled kernel", c["tiled"]["peak_bytes"], c["composed"]["peak_bytes"],
-         c["tiled"]["cpu_s"], c["composed"]["cpu_s"]),
-        ("(d) inference, per token", "float32 weights", d["float32"]["weight_bytes"], d["float32"]["weight_bytes"],
-         d["float32"]["cpu_s"], d["float32"]["cpu_s"]),
-        ("(d) inference, per token", "int8 weights", d["int8"]["weight_bytes"], d["float32"]["weight_bytes"],
-         d["int8"]["cpu_s"], d["float32"]["cpu_s"]),
+        row("(a) training step", "plain", a["plain"], a["plain"]),
+        row("(a) training step", "checkpointing", a["checkpointed"], a["plain"]),
+        row("(b) per new token", "KV cache", b["cache"], b["cache"]),
+        row("(b) per new token", "recompute prefix", b["recompute"], b["cache"]),
+        row("(c) attention fwd+bwd", "composed ops", c["composed"], c["composed"]),
+        row("(c) attention fwd+bwd", "fused op", c["fused"], c["composed"]),
+        row("(c) attention fwd+bwd", "tiled kernel", c["tiled"], c["composed"]),
+        row("(d) inference, per token", "float32 weights", d["float32"], d["float32"], "weight_bytes"),
+        row("(d) inference, per token", "int8 weights", d["int8"], d["float32"], "weight_bytes"),
     ]
     table = [[group, name, f"{mem / MB:.2f}", f"{mem / ref_mem:.2f}", f"{t * 1e3:.2f}", f"{t / ref_t:.2f}"]
              for group, name, mem, ref_mem, t, ref_t in rows]
