@@ -202,6 +202,8 @@ def test_thresholds_are_replaced_by_name_in_every_filter_that_has_them():
         with_thresholds(CODE_FILTERS, [("max_digits", 0.3)])
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         with_thresholds(CODE_FILTERS, [("max_digit_fraction", 1.5)])
+    with pytest.raises(ValueError, match="max_line_length is a count and must be a whole number, not 2.5"):
+        with_thresholds(CODE_FILTERS, [("max_line_length", 2.5)])
 
 
 def test_default_code_filter_keeps_ordinary_python():

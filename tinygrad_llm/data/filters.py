@@ -354,6 +354,8 @@ def with_thresholds(filters: Sequence[Filter], thresholds: Sequence[tuple[str, f
             raise ValueError(f"no filter has a threshold called {name!r}; known: {', '.join(known) or 'none'}")
         for i in hits:
             kind = type(getattr(result[i], name))
+            if kind is int and value != int(value):
+                raise ValueError(f"{name} is a count and must be a whole number, not {value}")
             result[i] = replace(result[i], **{name: kind(value) if kind in (int, float) else value})
     return tuple(result)
 
