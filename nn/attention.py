@@ -22,7 +22,7 @@ from nn.module import Module
 from nn.ops.shape import cat
 from nn.tensor import Tensor
 
-__all__ = ["CausalSelfAttention", "KVCache", "RaggedKVCache", "rope_tables", "apply_rope", "repeat_kv"]
+__all__ = ["CausalSelfAttention", "KVCache", "RaggedKVCache", "PackedKVCache", "rope_tables", "apply_rope", "repeat_kv"]
 
 
 def rope_tables(head_dim: int, max_positions: int, theta: float = 10000.0,
@@ -286,3 +286,60 @@ class CausalSelfAttention(Module):
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, head_dim={self.head_dim}, pos={self.pos!r}"
+
+
+class PackedKVCache(RaggedKVCache):
+    """A :class:`RaggedKVCache` read one token per batch row: many sequences' new tokens packed into one pass.
+
+    A server's forward pass carries one new token for each running sequence
+    and, for each sequence that just arrived, its whole prompt. Padding every
+    row to the longest prompt would make each running sequence pay for a
+    prompt's worth of padding; packing instead gives each new token its own
+    row of an (N, 1) batch, N the number of new tokens in all. Token i belongs
+    to sequence ``row[i]`` and sits at position ``at[i]``: its key and value go
+    there in that sequence's row of ``cache``, and its query sees that row's
+    keys up to and including its own position (a prompt's tokens see one
+    another causally, as they would read alone). The layers outside attention
+    treat every token alike, so only attention needs to know.
+
+        packed = [PackedKVCache(cache, counts) for cache in caches]  # counts[b]: new tokens of sequence b
+        logits, _ = model(ids[:, None], caches=packed)               # ids: the N tokens, sequence by sequence
+
+    Afterwards ``cache.lengths`` has grown by ``counts``.
+    """
+
+    def __init__(self, cache: RaggedKVCache, counts: Any) -> None:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != cache.lengths.shape or (counts < 1).any():
+            raise ValueError(f"{counts.tolist()} new tokens for rows holding {cache.lengths.tolist()}: "
+                             "one count of at least 1 per row")
+        self.cache, self.counts, self.max_length = cache, counts, cache.max_length
+        self.row = np.repeat(np.arange(len(counts)), counts)            # (N,) each token's sequence
+        first = np.cumsum(counts) - counts                               # each sequence's first token in the pack
+        self.at = cache.lengths[self.row] + np.arange(len(self.row)) - first[self.row]  # (N,) its position
+
+    def positions(self, t: int) -> np.ndarray:
+        """The absolute position of each packed token, (N, 1)."""
+        if t != 1:
+            raise ValueError(f"a packed batch holds one token per row, not {t}")
+        return self.at[:, None]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store token i's k, v (N, G, 1, d) at its own position of its sequence's row; return, for each
+        token, its sequence's keys and values (N, G, S, d), S the longest sequence after the pass."""
+        end = int(self.at.max()) + 1
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} needed")
+        device = backend.device_of(self.cache._k)
+        row, at = backend.to_device(self.row, device), backend.to_device(self.at, device)
+        self.cache._k[row, :, at] = k.data[:, :, 0]
+        self.cache._v[row, :, at] = v.data[:, :, 0]
+        self.cache.lengths = self.cache.lengths + self.counts
+        return Tensor(self.cache._k[row, :, :end]), Tensor(self.cache._v[row, :, :end])
+
+    def mask(self, t: int) -> Any:
+        """(N, 1, 1, S) booleans: token i sees the keys at positions 0 .. at[i] of its sequence."""
+        xp = backend.xp_of(self.cache._k)
+        end = int(self.at.max()) + 1
+        at = backend.to_device(self.at, backend.device_of(self.cache._k))
+        return (xp.arange(end)[None, :] <= at[:, None])[:, None, None]

@@ -285,14 +285,17 @@ class GPT(Module):
     # ------------------------------------------------------------ forward
     def forward(self, idx: Tensor | np.ndarray, targets: Tensor | np.ndarray | None = None,
                 caches: list[KVCache] | None = None,
-                logits_at: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
+                logits_at: np.ndarray | None = None,
+                logits_rows: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) -> (logits (B, T, vocab_size), mean cross-entropy against targets (B, T) or None).
 
         With ``caches`` (one per layer, see :meth:`make_caches`) idx holds only the new
         tokens; their positions continue after the cached ones. Targets equal to -100 are ignored.
         ``logits_at`` (B,), one index into T per row, asks for that position's logits only, (B, 1,
         vocab_size): reading a prompt needs just the last position's, and the output layer is the
-        largest matrix product of a small model.
+        largest matrix product of a small model. ``logits_rows`` (R,) asks for the last position's logits
+        of those rows only, (R, 1, vocab_size): in a packed batch (:class:`~nn.attention.PackedKVCache`)
+        each row is one token, and only each sequence's last token predicts.
         """
         ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         b, t = ids.shape
@@ -313,10 +316,12 @@ class GPT(Module):
                 x = nn.checkpoint(block, x)
             else:
                 x = block(x, cache)
+        if (logits_at is not None or logits_rows is not None) and targets is not None:
+            raise ValueError("logits_at/logits_rows and targets exclude each other (the loss needs every position)")
         if logits_at is not None:
-            if targets is not None:
-                raise ValueError("logits_at and targets exclude each other (the loss needs every position)")
             x = x[np.arange(b), np.asarray(logits_at)].unsqueeze(1)  # (B, 1, C)
+        elif logits_rows is not None:
+            x = x[np.asarray(logits_rows), t - 1:]  # (R, 1, C)
         logits = self.lm_head(self.ln_f(x))
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., :self.config.vocab_size]  # padding rows are never predicted

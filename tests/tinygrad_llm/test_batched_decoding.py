@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nn
-from nn.attention import RaggedKVCache
+from nn.attention import PackedKVCache, RaggedKVCache
 from tinygrad_llm.generate import SamplingConfig, generate_tokens
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.serve.batch import BatchDecoder
@@ -83,21 +83,66 @@ def test_prompts_read_together_right_padded_give_each_row_its_logits_alone(varia
             np.testing.assert_allclose(two.numpy()[row], alone.numpy()[0, -2:], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_packed_pass_gives_every_token_its_logits_alone(variant):
+    """Running rows with 1 or 3 new tokens and a new row with its whole prompt, one token per batch row."""
+    model = tiny(variant)
+    rng = np.random.default_rng(5)
+    held = [rng.integers(0, 97, size=n).tolist() for n in (4, 9)]       # already in the cache
+    new = [rng.integers(0, 97, size=n).tolist() for n in (1, 3, 6)]     # this pass: 1, 3, and a prompt of 6
+    with nn.no_grad():
+        caches = model.make_caches(2, ragged=True)
+        ids = np.zeros((2, 9), dtype=np.int64)
+        for row, tokens in enumerate(held):
+            ids[row, :len(tokens)] = tokens
+        model(ids, caches=caches)
+        for cache in caches:
+            cache.set_lengths([4, 9])
+            cache.extend(RaggedKVCache.empty(1, cache.k.shape[1], cache.max_length, cache.k.shape[3], np.float64))
+        packed = [PackedKVCache(cache, [1, 3, 6]) for cache in caches]
+        every, _ = model(np.concatenate(new)[:, None], caches=[PackedKVCache(c, [1, 3, 6]) for c in
+                                                            [_copy(c) for c in caches]])
+        last, _ = model(np.concatenate(new)[:, None], caches=packed, logits_rows=[0, 3, 9])
+        after, _ = model(np.array([[7], [8], [9]]), caches=caches)  # an ordinary step afterwards
+    assert caches[0].lengths.tolist() == [6, 13, 7] and every.shape == (10, 1, 97) and last.shape == (3, 1, 97)
+    sequences = [held[0] + new[0], held[1] + new[1], new[2]]
+    for i, (tokens, following) in enumerate(zip(sequences, (7, 8, 9), strict=True)):
+        alone, _ = model(np.array([tokens + [following]]))
+        start = sum(len(n) for n in new[:i])
+        want = alone.numpy()[0, -1 - len(new[i]):-1]
+        np.testing.assert_allclose(every.numpy()[start:start + len(new[i]), 0], want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(last.numpy()[i, 0], want[-1], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(after.numpy()[i, 0], alone.numpy()[0, -1], rtol=1e-10, atol=1e-12)
+
+
+def _copy(cache: RaggedKVCache) -> RaggedKVCache:
+    return RaggedKVCache(cache._k.copy(), cache._v.copy(), cache.lengths, cache.max_length)
+
+
+def test_a_packed_cache_refuses_counts_that_do_not_fit_its_rows():
+    cache = tiny("gpt2").make_caches(2, ragged=True)[0]
+    with pytest.raises(ValueError, match="one count of at least 1 per row"):
+        PackedKVCache(cache, [1, 0])
+    with pytest.raises(ValueError, match="one count of at least 1 per row"):
+        PackedKVCache(cache, [1, 1, 1])
+
+
 def test_set_lengths_refuses_more_than_a_row_holds():
     caches = tiny("gpt2").make_caches(2, ragged=True)
     with pytest.raises(ValueError, match="do not fit"):
         caches[0].set_lengths([1, 1])  # the rows hold nothing yet
 
 
+@pytest.mark.parametrize("pack_bytes", [16 << 20, 0], ids=["prompts-packed", "prompts-alone"])
 @pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.9, top_p=0.9)],
                          ids=["greedy", "seeded"])
-def test_concurrent_requests_get_the_tokens_they_get_alone(sampling):
+def test_concurrent_requests_get_the_tokens_they_get_alone(sampling, pack_bytes):
     model = tiny("gpt2")
     rng = np.random.default_rng(2)
     requests = [(rng.integers(0, 97, size=int(n)).tolist(), int(m), seed)
                 for seed, (n, m) in enumerate([(4, 20), (9, 5), (2, 30), (15, 12), (6, 1), (3, 25)])]
     want = [list(generate_tokens(model, p, m, sampling, seed, stop_ids=[96])) for p, m, seed in requests]
-    decoder = BatchDecoder(model, max_batch=4)
+    decoder = BatchDecoder(model, max_batch=4, pack_bytes=pack_bytes)
     got: list[list[int]] = [[] for _ in requests]
     start = threading.Barrier(len(requests))
 
@@ -114,6 +159,7 @@ def test_concurrent_requests_get_the_tokens_they_get_alone(sampling):
     assert got == want
     assert decoder.largest_batch > 1   # they really shared steps
     assert decoder.steps < sum(len(w) for w in want) - len(want)  # fewer steps than decoding them one by one
+    assert (decoder.packed_prompts > 0) == (pack_bytes > 0)  # prompts rode in decode passes, or had their own
 
 
 def test_a_request_withdrawn_midway_frees_its_row():
@@ -135,3 +181,5 @@ def test_logits_at_picks_one_position_per_row_and_excludes_a_loss():
     np.testing.assert_allclose(some.numpy()[:, 0], full.numpy()[[0, 1, 2], [8, 0, 4]], rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="exclude each other"):
         model(ids, targets=ids, logits_at=[8, 8, 8])
+    with pytest.raises(ValueError, match="exclude each other"):
+        model(ids, targets=ids, logits_rows=[0])

@@ -89,6 +89,32 @@ def test_the_same_seed_gives_the_same_samples():
     assert draws(5) != draws(6)
 
 
+def test_the_draw_is_numpys_choice_with_the_same_probabilities():
+    """rng.choice(V, p=probs) is the reference: the same seed picks the same token (seeds keep their samples)."""
+    rng = np.random.default_rng(8)
+    for config in (SamplingConfig(temperature=0.8), SamplingConfig(temperature=1.3, top_k=7),
+                   SamplingConfig(temperature=0.6, top_p=0.9)):
+        for seed in range(200):
+            logits = (3 * rng.standard_normal(300)).astype(np.float32)
+            scaled = logits.astype(np.float64) / config.temperature
+            if config.top_k:
+                scaled[scaled < np.sort(scaled)[-config.top_k]] = -np.inf
+            probs = np.exp(scaled - scaled.max())
+            probs /= probs.sum()
+            if config.top_p < 1:
+                order = np.argsort(-probs, kind="stable")
+                keep = order[: int(np.searchsorted(np.cumsum(probs[order]), config.top_p)) + 1]
+                probs = np.where(np.isin(np.arange(300), keep), probs, 0.0)
+                probs /= probs.sum()
+            want = int(np.random.default_rng(seed).choice(300, p=probs))
+            assert sample_next(logits, config, np.random.default_rng(seed)) == want
+
+
+def test_logits_that_are_not_numbers_are_refused():
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        sample_next(np.array([0.0, np.nan, 1.0]), SamplingConfig(temperature=1.0), np.random.default_rng(0))
+
+
 @pytest.mark.parametrize("fields", [{"temperature": -0.1}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
 def test_invalid_sampling_settings_are_refused(fields):
     with pytest.raises(ValueError):

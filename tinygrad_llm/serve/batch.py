@@ -4,24 +4,31 @@
     for token in decoder.submit(prompt_ids, max_new_tokens=50, sampling=SamplingConfig(), seed=1, stop_ids=[eot]):
         ...                                   # each request iterates over its own tokens, from any thread
 
-One thread owns the model. In a loop it
+One thread owns the model. Each round of its loop is one forward pass that
 
-1. **admits** waiting requests (while fewer than ``max_batch`` run): reads
-   their prompts together in one forward pass (the "prefill": right-padded
-   to the longest, each row's padding then dropped from its cache, and the
-   output layer computed at each prompt's last position only), samples each
-   one's first token, and appends their rows to the batch's
+1. **admits** waiting requests (while fewer than ``max_batch`` run): their
+   prompts ride in the same pass as the running sequences' next tokens,
+   *packed*: every new token is one row of an (N, 1) batch, and attention
+   (:class:`~nn.attention.PackedKVCache`) lets each token see only its own
+   sequence's keys, so a 1-token decode row pays nothing for a 15-token
+   prompt beside it (vLLM calls this chunked prefill). Each admitted request
+   gets its first token from the pass, and a row in the batch's
    :class:`~nn.attention.RaggedKVCache` (one per layer);
-2. **steps** every running sequence at once: their newest tokens go through
-   the model as one (B, 1) batch, each row at its own position and attending
-   to its own keys only; each row's logits are sampled with that request's
-   settings and random stream;
+2. **steps** every running sequence: each row's last logits are sampled with
+   that request's settings and random stream;
 3. **retires** the sequences that ended (a stop token, ``max_new_tokens``, or a
    client that went away): their rows leave the batch.
 
-A decode step costs about the same for one sequence as for sixteen on a CPU
-(the weights are read once per step either way), which is where the
-throughput comes from. Each request draws from ``numpy.random.default_rng(seed)``
+Packing gathers each token's keys, N x S of them, so when the admitted
+prompts are long (the gather would pass ``pack_bytes``) they are read first
+in a pass of their own, right-padded to the longest (ordinary causal
+attention, the output layer at each prompt's last position only), and join
+the batch before the round's decode pass.
+
+A pass costs about the same for one sequence as for sixteen on a CPU (the
+weights are read once per pass either way), which is where the throughput
+comes from; reading prompts inside the decode pass saves a pass each time
+requests arrive. Each request draws from ``numpy.random.default_rng(seed)``
 exactly as :func:`~tinygrad_llm.generate.generate_tokens` does, so a request
 gets the tokens it would get decoding alone (the batched matrix products may
 differ in the last bits; the tests check equality in float64).
@@ -37,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import nn
-from nn.attention import RaggedKVCache
+from nn.attention import PackedKVCache, RaggedKVCache
 from nn.layers import column_major_weights
 from tinygrad_llm.generate import PromptError, SamplingConfig, sample_next
 from tinygrad_llm.model import GPT
@@ -73,14 +80,16 @@ class _Sequence:
 class BatchDecoder:
     """The thread that decodes every submitted request together (see the module docstring)."""
 
-    def __init__(self, model: GPT, max_batch: int = 16) -> None:
+    def __init__(self, model: GPT, max_batch: int = 16, pack_bytes: int = 16 << 20) -> None:
         self.model, self.max_batch = column_major_weights(model), max_batch  # faster few-row products
+        self.pack_bytes = pack_bytes  # the most key/value bytes a packed pass may gather per layer
         self._waiting: list[_Sequence] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self.after_step: list[Callable[[], None]] = []  # called on the decoder's thread after each round
-        self.steps = 0                # decode steps taken (for tests and logs)
-        self.largest_batch = 0        # the most sequences decoded together in one step
+        self.steps = 0                # forward passes taken (for tests and logs)
+        self.largest_batch = 0        # the most sequences in one pass
+        self.packed_prompts = 0       # prompts read inside a decode pass (the rest had a pass of their own)
 
     def submit(self, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, seed: int | None,
                stop_ids: Sequence[int] = ()) -> Iterator[int]:
@@ -134,25 +143,39 @@ class BatchDecoder:
                     self._wake.wait()
                 admitted = self._waiting[: self.max_batch - len(running)]
                 del self._waiting[: len(admitted)]
+            in_flight = running + admitted
             try:
                 with nn.no_grad():
-                    started, rows = self._prefill(admitted) if admitted else ([], None)
-                    if started:
-                        running += started
-                        if caches is None:
-                            caches = rows
-                        else:
-                            for cache, new in zip(caches, rows, strict=True):
-                                cache.extend(new)
-                    if running:
-                        running, caches = self._step(running, caches)
+                    if admitted and not self._packable(running, admitted):
+                        started, rows = self._prefill(admitted)
+                        admitted = []
+                        if started:
+                            running += started
+                            caches = rows if caches is None else self._joined(caches, rows)
+                    if running or admitted:
+                        running, caches = self._pass(running, admitted, caches)
             except BaseException as exc:  # a failure reaches every request in flight, never kills the thread
-                for sequence in running + admitted:
+                for sequence in in_flight:
                     sequence.deliver(exc)
                     sequence.deliver(END)
                 running, caches = [], None
             for callback in self.after_step:  # e.g. wake an event loop once for the round's tokens
                 callback()
+
+    @staticmethod
+    def _joined(caches: list[RaggedKVCache], rows: list[RaggedKVCache]) -> list[RaggedKVCache]:
+        for cache, new in zip(caches, rows, strict=True):
+            cache.extend(new)
+        return caches
+
+    def _packable(self, running: list[_Sequence], admitted: list[_Sequence]) -> bool:
+        """Whether the admitted prompts can ride in the decode pass: the keys and values each packed token
+        gathers (its sequence's, up to the longest sequence after the pass) stay within ``pack_bytes``."""
+        tokens = len(running) + sum(len(s.prompt) for s in admitted)
+        longest = max(len(s.prompt) + s.produced for s in running + admitted)
+        c = self.model.config
+        per_position = 2 * self.model.h[0].attn.n_kv_head * c.head_dim * self.model.ln_f.weight.dtype.itemsize
+        return tokens * longest * per_position <= self.pack_bytes
 
     def _prefill(self, admitted: list[_Sequence]) -> tuple[list[_Sequence], list[RaggedKVCache] | None]:
         """Read the prompts together and sample each first token; the sequences that go on, and their caches.
@@ -161,6 +184,7 @@ class BatchDecoder:
         a prompt's tokens see the padding after them, and once the row's length
         is set to its prompt's, its next token overwrites the padding.
         """
+        self.steps += 1
         lengths = np.array([len(s.prompt) for s in admitted])
         ids = np.zeros((len(admitted), int(lengths.max())), dtype=np.int64)
         for row, sequence in enumerate(admitted):
@@ -183,24 +207,37 @@ class BatchDecoder:
                 cache.keep(keep)
         return [admitted[row] for row in keep], caches
 
-    def _step(self, running: list[_Sequence], caches: list[RaggedKVCache]) -> tuple[list[_Sequence], list]:
-        """One token for every running sequence; returns those still running and their caches."""
+    def _pass(self, running: list[_Sequence], admitted: list[_Sequence],
+              caches: list[RaggedKVCache] | None) -> tuple[list[_Sequence], list[RaggedKVCache] | None]:
+        """One forward pass: the newest token of each running sequence and the whole prompt of each admitted
+        one, packed one token per row; samples each sequence's next token and returns those that go on."""
         self.steps += 1
-        self.largest_batch = max(self.largest_batch, len(running))
-        logits, _ = self.model(np.array([[s.last] for s in running]), caches=caches)
-        rows = logits.numpy()[:, -1]
+        sequences = running + admitted
+        self.largest_batch = max(self.largest_batch, len(sequences))
+        self.packed_prompts += len(admitted)
+        if admitted:  # empty rows for the newcomers, after the running ones
+            rows = self.model.make_caches(len(admitted), ragged=True)
+            caches = rows if caches is None else self._joined(caches, rows)
+        pieces = [[s.last] for s in running] + [s.prompt for s in admitted]
+        ids = np.concatenate(pieces).astype(np.int64)[:, None]  # (N, 1): one token per row
+        if admitted:
+            counts = np.array([len(piece) for piece in pieces])
+            packed = [PackedKVCache(cache, counts) for cache in caches]
+            logits, _ = self.model(ids, caches=packed, logits_rows=np.cumsum(counts) - 1)  # each one's last token
+        else:  # one token per sequence: the rows are the sequences, no packing needed
+            logits, _ = self.model(ids, caches=caches)
+        rows = logits.numpy()[:, 0]
         keep = []
-        for i, sequence in enumerate(running):
+        for i, sequence in enumerate(sequences):
             if sequence.cancelled.is_set():
                 sequence.deliver(END)
-                continue
-            if sequence.emit(sample_next(rows[i], sequence.sampling, sequence.rng)):
+            elif sequence.emit(sample_next(rows[i], sequence.sampling, sequence.rng)):
                 keep.append(i)
             else:
                 sequence.deliver(END)
-        if len(keep) < len(running):
+        if len(keep) < len(sequences):
             if not keep:
                 return [], None
             for cache in caches:
                 cache.keep(keep)
-        return [running[i] for i in keep], caches
+        return [sequences[i] for i in keep], caches
