@@ -1,6 +1,7 @@
 """Chapter 5: instruction fine-tuning before and after, full against LoRA.
 
-Reads ``benchmarks/results/finetune.json`` (five minutes of ``tinygrad-llm finetune`` on the main job's model, full
+Reads ``benchmarks/results/finetune_7m.json`` (five minutes of ``tinygrad-llm finetune`` on the main job's model as it
+was before issue 20, the 4.2M-parameter ``main_job_7m.json`` run; ``finetune.json`` holds the same on today's model), full
 and LoRA rank 8, scored on held-out data) and ``benchmarks/results/finetune_step.json`` (one step, full vs LoRA,
 ours vs PyTorch). Regenerates the 500 held-out questions the benchmark scored (``chat.data.generated_items``, the
 same seed, a pure function) to count the questions per task family, and encodes the benchmark's example questions
@@ -37,7 +38,7 @@ def family_label(family: str) -> str:
 
 
 def main() -> None:
-    tune, step = load("finetune.json"), load("finetune_step.json")
+    tune, step = load("finetune_7m.json"), load("finetune_step.json")
     results = tune["results"]
     questions = results["full"]["instructions"]
     counts = Counter(item.family for item in generated_items("test", questions, 0))
@@ -105,7 +106,7 @@ def main() -> None:
         "ratios": step["ratios"], "lora_over_full_seconds_per_step_finetune_json":
             results["lora"]["run"]["seconds_per_step_median"] / results["full"]["run"]["seconds_per_step_median"],
         "base_chatterbot": base["chatterbot_val_loss"],
-    }, sources=["benchmarks/results/finetune.json", "benchmarks/results/finetune_step.json",
+    }, sources=["benchmarks/results/finetune_7m.json", "benchmarks/results/finetune_step.json",
                 "tinygrad_llm/chat/data.py generated_items", "runs/small/tokenizer.txt"])
     print(dict(counts))
 
