@@ -49,8 +49,9 @@ def cpu_model() -> str:
 class PipeWorker:
     """``script --worker side ...`` in its own process with ``threads`` BLAS threads; ``hello`` is its first line."""
 
-    def __init__(self, side: str, script: str | Path, options: list[str], threads: int) -> None:
-        env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
+    def __init__(self, side: str, script: str | Path, options: list[str], threads: int,
+                 extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}, **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         command = [sys.executable, str(Path(script).resolve()), "--worker", side, *options]
         self.side = side

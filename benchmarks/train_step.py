@@ -25,6 +25,18 @@ a core from the next block. Each block also records how much CPU other
 processes used meanwhile (from /proc/stat), and the report gives the ratio over
 the quiet pairs too.
 
+Each side runs with its library's own defaults, and that includes the C
+allocator: importing ``nn`` raises glibc's mmap and trim thresholds
+(``nn.allocator``) so that the memory one step frees serves the next, where
+torch's process keeps glibc's defaults. ``--torch-malloc-like-ours`` gives
+torch's worker the same thresholds (through glibc's ``MALLOC_*`` variables),
+to show what the setting is worth to each side; the report names each side's
+allocator.
+
+Each step also counts the worker's minor page faults (``getrusage``): the
+pages of memory it touched for the first time, which the kernel had to map
+and zero.
+
 Memory is each worker's peak resident set during the steps (Linux ``VmHWM``,
 reset after the model, optimizer and batch are built) minus its resident set
 at that moment. Where our time goes comes from ``nn.profile`` over a few
@@ -32,7 +44,7 @@ extra steps, with the optimizer timed around ``opt.step()``; torch's top ops
 come from ``torch.profiler``, for comparison.
 
     python benchmarks/train_step.py [--preset small] [--batch-size 16] [--threads 1] [--repeats 15]
-                                    [--out benchmarks/results/train_step.json]
+                                    [--torch-malloc-like-ours] [--out benchmarks/results/train_step.json]
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -85,6 +98,7 @@ class _Side:
 
     def step(self) -> dict[str, float]:
         """One forward + backward + AdamW step: wall seconds of each phase, process CPU seconds, the loss."""
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         cpu, start = time.process_time(), time.perf_counter()
         _, loss = self.model(self.x, self.y)
         forward = time.perf_counter()
@@ -94,7 +108,8 @@ class _Side:
         self.opt.zero_grad()
         end = time.perf_counter()
         return {"forward": forward - start, "backward": backward - forward, "optimizer": end - backward,
-                "total": end - start, "cpu": time.process_time() - cpu, "loss": loss.item()}
+                "total": end - start, "cpu": time.process_time() - cpu, "loss": loss.item(),
+                "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}
 
     def profile(self, steps: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -127,7 +142,8 @@ class _Ours(_Side):
         groups = nn.optim.param_groups_for_weight_decay(self.model.named_parameters(), WEIGHT_DECAY)
         self.opt = nn.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS)
         self.info = {"optimizer": "nn.optim.AdamW (per-parameter in-place NumPy update)",
-                     "parameters": self.model.num_parameters(), "block_size": self.model.config.block_size}
+                     "parameters": self.model.num_parameters(), "block_size": self.model.config.block_size,
+                     "allocator": _allocator(nn.allocator.KEEPING_FREED_MEMORY)}
 
     def profile(self, steps: int) -> dict[str, Any]:
         phases, stats = [], {}
@@ -191,7 +207,8 @@ class _Torch(_Side):
                  "for-loop": {"foreach": False}}[optimizer_impl]
         self.opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, **flags)
         self.info = {"optimizer": f"torch.optim.AdamW ({optimizer_impl}: {self._adamw_impl(params, flags)})",
-                     "parameters": sum(p.numel() for p in params), "block_size": block_size}
+                     "parameters": sum(p.numel() for p in params), "block_size": block_size,
+                     "allocator": _allocator(False)}
 
     def _adamw_impl(self, params: list[Any], flags: dict[str, bool]) -> str:
         """Which AdamW kernel torch runs with these flags: fused, foreach (multi-tensor) or single-tensor loop."""
@@ -268,12 +285,24 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allocator(set_by_nn: bool) -> str:
+    """How this worker's C allocator was configured: by nn.allocator, by glibc's variables, or glibc's defaults."""
+    if set_by_nn:
+        return "glibc mallopt by nn.allocator: mmap threshold 32 MiB, trim threshold 1 GiB"
+    own = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    return f"glibc, environment {own}" if own else "C library defaults"
+
+
 # ---------------------------------------------------------------- parent: drive both, pair the steps
 class _Worker(PipeWorker):
     def __init__(self, side: str, args: argparse.Namespace) -> None:
+        malloc = {}
+        if side == "torch" and args.torch_malloc_like_ours:  # glibc's own variables, the values nn.allocator sets
+            from nn.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
+            malloc = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
         super().__init__(side, __file__, ["--preset", args.preset, "--batch-size", str(args.batch_size),
                                           "--threads", str(args.threads), "--torch-optimizer", args.torch_optimizer],
-                         args.threads)
+                         args.threads, extra_env=malloc)
 
     def block(self, steps: int, gap: float) -> dict[str, Any]:
         """``steps`` training steps back to back, summarised by :func:`_summarise`.
@@ -306,7 +335,7 @@ def _summarise(steps: list[dict[str, float]], foreign_cores: float | None) -> di
 
     warm = steps[1:] or steps
     summary = {phase: statistics.median(s[phase] for s in warm)
-               for phase in ("total", "forward", "backward", "optimizer", "cpu")}
+               for phase in ("total", "forward", "backward", "optimizer", "cpu", "faults")}
     return {**summary, "first_step": steps[0]["total"], "loss": steps[-1]["loss"], "foreign_cores": foreign_cores}
 
 
@@ -360,7 +389,9 @@ def _parent(args: argparse.Namespace) -> int:
             "other_load_cores_all": [None if p[side]["foreign_cores"] is None else round(p[side]["foreign_cores"], 2)
                                      for p in pairs],
             "cpu_ms_per_step": round(med(side, "cpu") * 1e3, 2),
+            "minor_page_faults_per_step": round(med(side, "faults")),
             "optimizer": hello["optimizer"],
+            "allocator": hello["allocator"],
             "parameters": hello["parameters"],
             "loss_first_step": warmup[side][0]["loss"],
             "loss_last_step": pairs[-1][side]["loss"],
@@ -439,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=5, help="extra steps under nn.profile / torch.profiler")
     parser.add_argument("--torch-optimizer", choices=("default", "for-loop", "foreach", "fused"), default="default",
                         help="torch AdamW implementation (default: whatever torch picks for CPU tensors)")
+    parser.add_argument("--torch-malloc-like-ours", action="store_true",
+                        help="give torch's worker the glibc thresholds that nn.allocator sets for ours")
     parser.add_argument("--out", default=None, help="default benchmarks/results/train_step[_Nthreads].json")
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

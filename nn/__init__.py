@@ -8,7 +8,7 @@
 
 import numpy as _np
 
-from nn import functional, optim, state
+from nn import allocator, functional, optim, state  # allocator: glibc keeps freed memory for the next array
 from nn.backend import get_rng_state, manual_seed, set_rng_state
 from nn.checkpoint import checkpoint
 from nn.function import Function, FunctionHook
@@ -65,5 +65,5 @@ __all__ = [
     "zeros_like", "ones_like", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
     "manual_seed", "get_rng_state", "set_rng_state", "gradcheck", "GradcheckError", "draw_graph", "profile",
     "cat", "stack", "where", "tril", "triu", "float16", "float32", "float64", "int32", "int64", "bool_",
-    "optim", "state", "checkpoint",
+    "optim", "state", "checkpoint", "allocator",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nn.ops import elementwise
+from nn.ops import elementwise, matmul
 from nn.ops import nn as nn_ops
 from nn.tensor import Tensor
 
@@ -94,9 +94,11 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Ten
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight^T + bias, with weight (out_features, in_features) as in PyTorch."""
-    out = x @ weight.T
-    return out if bias is None else out + bias
+    """x @ weight^T + bias, with weight (out_features, in_features) as in PyTorch (one op: ``ops.matmul.Linear``)."""
+    if x.ndim == 0 or weight.ndim != 2 or (bias is not None and bias.ndim > 1):
+        out = x @ weight.T  # the general rules of ``@`` and ``+``
+        return out if bias is None else out + bias
+    return matmul.Linear.apply(x, weight, bias)
 
 
 def where(condition: Tensor | Any, x: Tensor | float, y: Tensor | float) -> Tensor:

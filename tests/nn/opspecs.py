@@ -303,6 +303,13 @@ def draw_matmul(data, dtype):
     return [array(data, a_shape, dtype), array(data, b_shape, dtype)], {}
 
 
+def draw_linear(data, dtype, bias: bool = True):
+    batch = shape(data, min_dims=0, max_dims=2)
+    k, n = data.draw(st.integers(1, MAX_SIDE)), data.draw(st.integers(1, MAX_SIDE))
+    arrays = [array(data, batch + (k,), dtype), array(data, (n, k), dtype)]
+    return arrays + ([array(data, (n,), dtype)] if bias else []), {}
+
+
 def draw_softmax(data, dtype):
     s = shape(data, min_dims=1)
     return [array(data, s, dtype, values(-3, 3))], {"dim": data.draw(st.integers(-len(s), len(s) - 1))}
@@ -493,6 +500,8 @@ SPECS: list[OpSpec] = [
     OpSpec("triu", lambda x, diagonal: x.triu(diagonal), lambda x, diagonal: x.triu(diagonal), draw_triangle),
     # matmul
     OpSpec("matmul", lambda a, b: a @ b, lambda a, b: a @ b, draw_matmul),
+    OpSpec("linear", F.linear, TF.linear, draw_linear),
+    OpSpec("linear_no_bias", F.linear, TF.linear, lambda data, dtype: draw_linear(data, dtype, bias=False)),
     # fused nn ops
     OpSpec("softmax", lambda x, dim: F.softmax(x, dim), lambda x, dim: TF.softmax(x, dim), draw_softmax),
     OpSpec("log_softmax", lambda x, dim: F.log_softmax(x, dim), lambda x, dim: TF.log_softmax(x, dim),

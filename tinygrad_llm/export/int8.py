@@ -124,7 +124,6 @@ tensor-parallel slice), is refused.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +132,7 @@ from typing import Any
 import numpy as np
 
 from nn import backend
+from nn.allocator import release_freed_memory
 from nn.layers import Embedding, Linear
 from nn.module import Module
 from nn.tensor import Tensor, is_grad_enabled
@@ -410,25 +410,6 @@ def load_int8_model(path: str | Path) -> tuple[GPT, Tokenizer]:
     model, tokenizer = load_model(path, build=_int8_skeleton)
     release_freed_memory()
     return model, tokenizer
-
-
-def release_freed_memory() -> None:
-    """Ask the C allocator to give its freed pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
-
-    Loading builds the float32 GPT first (its constructor allocates the
-    weights) and drops its matrices for the int8 ones. glibc keeps such freed
-    memory mapped for reuse: after the first large free it raises its mmap
-    threshold, so later arrays of a few MB come from the heap, whose holes
-    are not returned. Measured on the small model (``benchmarks/int8.py``):
-    loading the int8 model grew the process by 29 MB without this call and by
-    6.3 MB with it, the model's arrays (the float32 model: 31 MB, and 18.7 MB
-    after the same call); so resident memory shows the saving, not just the
-    array sizes.
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: no such function
-        pass
 
 
 def quantize_checkpoint(source: str | Path, out_path: str | Path) -> Path:
