@@ -1,11 +1,12 @@
 """Chapter 5: instruction fine-tuning before and after, full against LoRA.
 
-Reads ``benchmarks/results/finetune_7m.json`` (five minutes of ``tinygrad-llm finetune`` on the main job's model as it
-was before issue 20, the 4.2M-parameter ``main_job_7m.json`` run; ``finetune.json`` holds the same on today's model), full
-and LoRA rank 8, scored on held-out data) and ``benchmarks/results/finetune_step.json`` (one step, full vs LoRA,
-ours vs PyTorch). Regenerates the 500 held-out questions the benchmark scored (``chat.data.generated_items``, the
-same seed, a pure function) to count the questions per task family, and encodes the benchmark's example questions
-and answers with the main job's tokenizer (``runs/small/tokenizer.txt``) to show how numbers are split.
+Reads ``benchmarks/results/finetune_7m.json`` (five minutes of ``tinygrad-llm finetune`` on the main job's model as
+it was before issue 20, the 4.2M-parameter ``main_job_7m.json`` run; ``finetune.json`` holds the same on today's
+model), full and LoRA rank 8, scored on held-out data) and ``benchmarks/results/finetune_step.json`` (one step, full
+vs LoRA, ours vs PyTorch). Regenerates the 500 held-out questions the benchmark scored
+(``chat.data.generated_items``, the same seed, a pure function) to count the questions per task family, and encodes
+the benchmark's example questions and answers with the main job's tokenizer (``runs/small/tokenizer.txt``) to show
+how numbers are split.
 
     .venv/bin/python docs/manual/figures/ch5_finetune.py
 """
