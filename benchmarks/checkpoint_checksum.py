@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import safetensors  # noqa: E402
-from harness import cpu_model  # noqa: E402
+from harness import cpu_model, median_seconds  # noqa: E402
 
 from nn import state  # noqa: E402
 
@@ -76,21 +76,12 @@ def random_state(shapes: dict, with_moments: bool, rng: np.random.Generator) -> 
     return tensors
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def checksum_speeds(n_params: int, repeats: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
     """Median seconds and GB/s of each of ``CHECKSUMS`` over ``n_params`` random float32 numbers."""
     weights = rng.standard_normal(n_params, dtype=np.float32)
     speeds = {}
     for name, checksum in CHECKSUMS.items():
-        median = median_seconds(lambda checksum=checksum: checksum(weights), repeats)
+        median = median_seconds(lambda checksum=checksum: checksum(weights), repeats, warmup=False)
         speeds[name] = {"median_s": round(median, 4), "gb_per_s": round(weights.nbytes / median / 1e9, 2)}
         print(f"{name:16s} {median:.3f} s  {speeds[name]['gb_per_s']:.2f} GB/s")
     return speeds

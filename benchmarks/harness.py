@@ -34,6 +34,21 @@ def write_json(path: str | os.PathLike[str], document: Any) -> None:
     atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
+def median_seconds(run, repeats: int, warmup: bool = True) -> float:
+    """The median wall time of ``repeats`` calls of ``run()`` (after one untimed call when ``warmup``)."""
+    import statistics
+    import time
+
+    if warmup:
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo), for the results file."""
     try:

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import os
 
-from harness import THREAD_VARS, cpu_model, write_json  # (harness imports no NumPy: the threads are set in time)
+# (harness imports no NumPy: the threads are set in time)
+from harness import THREAD_VARS, cpu_model, median_seconds, write_json
 
 for _var in THREAD_VARS:
     os.environ[_var] = "1"
@@ -149,16 +150,6 @@ def generation_speed(models: dict, tokenizer) -> dict:
     return result
 
 
-def median_seconds(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def forward_speed(models: dict, float_for_torch) -> dict:
     import torch
     from torch_gpt import TorchGPT, copy_weights
@@ -170,7 +161,7 @@ def forward_speed(models: dict, float_for_torch) -> dict:
     ours, logits = {}, {}
     for kind, model in models.items():
         with nn.no_grad():
-            ours[kind] = tokens / median_seconds(lambda m=model: m(batch))
+            ours[kind] = tokens / median_seconds(lambda m=model: m(batch), REPEATS)
             logits[kind] = model(batch)[0].numpy()
     reference = copy_weights(float_for_torch, TorchGPT(config)).eval()
     quantized = torch.ao.quantization.quantize_dynamic(reference, {torch.nn.Linear}, dtype=torch.qint8)
@@ -178,7 +169,7 @@ def forward_speed(models: dict, float_for_torch) -> dict:
     idx = torch.from_numpy(batch)
     for kind, model in (("float32", reference), ("int8", quantized)):
         with torch.no_grad():
-            theirs[kind] = tokens / median_seconds(lambda m=model: m(idx))
+            theirs[kind] = tokens / median_seconds(lambda m=model: m(idx), REPEATS)
             out = model(idx)
             their_logits[kind] = (out[0] if isinstance(out, tuple) else out).numpy()
 

@@ -28,7 +28,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import THREAD_VARS, cpu_model, write_json
+from harness import THREAD_VARS, cpu_model, median_seconds, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sgemm.json"
 ROWS, WIDTH, HIDDEN, VOCAB = 2048, 128, 512, 4096
@@ -57,7 +57,6 @@ def product(a, b, layout: str):
 def worker(threads: int, repeats: int) -> dict:
     """In this process (thread variables already set): every shape, NumPy against torch."""
     import statistics
-    import time
 
     import numpy as np
     import torch
@@ -65,15 +64,6 @@ def worker(threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-
-    def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
 
     rows = []
     for name, (a_shape, b_shape, layout) in SHAPES.items():
@@ -84,7 +74,7 @@ def worker(threads: int, repeats: int) -> dict:
         rounds = []
         with torch.no_grad():
             for _ in range(3):
-                rounds.append((timed(ours), timed(theirs)))
+                rounds.append((median_seconds(ours, repeats), median_seconds(theirs, repeats)))
         numpy_s, torch_s = (statistics.median(r[i] for r in rounds) for i in (0, 1))
         m, k = a_shape if layout != "tn" else a_shape[::-1]
         n = b_shape[0] if layout == "nt" else b_shape[1]
