@@ -191,21 +191,9 @@ class BatchDecoder:
             ids[row, :lengths[row]] = sequence.prompt
         caches = self.model.make_caches(len(admitted), ragged=True)
         logits, _ = self.model(ids, caches=caches, logits_at=lengths - 1)
-        rows = logits.numpy()[:, 0]
         for cache in caches:
             cache.set_lengths(lengths)
-        keep = []
-        for row, sequence in enumerate(admitted):
-            if sequence.emit(sample_next(rows[row], sequence.sampling, sequence.rng)):
-                keep.append(row)
-            else:
-                sequence.deliver(END)
-        if not keep:
-            return [], None
-        if len(keep) < len(admitted):
-            for cache in caches:
-                cache.keep(keep)
-        return [admitted[row] for row in keep], caches
+        return self._sample(admitted, logits.numpy()[:, 0], caches)
 
     def _pass(self, running: list[_Sequence], admitted: list[_Sequence],
               caches: list[RaggedKVCache] | None) -> tuple[list[_Sequence], list[RaggedKVCache] | None]:
@@ -215,18 +203,22 @@ class BatchDecoder:
         sequences = running + admitted
         self.largest_batch = max(self.largest_batch, len(sequences))
         self.packed_prompts += len(admitted)
-        if admitted:  # empty rows for the newcomers, after the running ones
-            rows = self.model.make_caches(len(admitted), ragged=True)
-            caches = rows if caches is None else self._joined(caches, rows)
         pieces = [[s.last] for s in running] + [s.prompt for s in admitted]
         ids = np.concatenate(pieces).astype(np.int64)[:, None]  # (N, 1): one token per row
-        if admitted:
+        if admitted:  # empty rows for the newcomers, after the running ones, then every new token packed
+            rows = self.model.make_caches(len(admitted), ragged=True)
+            caches = rows if caches is None else self._joined(caches, rows)
             counts = np.array([len(piece) for piece in pieces])
             packed = [PackedKVCache(cache, counts) for cache in caches]
             logits, _ = self.model(ids, caches=packed, logits_rows=np.cumsum(counts) - 1)  # each one's last token
         else:  # one token per sequence: the rows are the sequences, no packing needed
             logits, _ = self.model(ids, caches=caches)
-        rows = logits.numpy()[:, 0]
+        return self._sample(sequences, logits.numpy()[:, 0], caches)
+
+    @staticmethod
+    def _sample(sequences: list[_Sequence], rows: np.ndarray,
+                caches: list[RaggedKVCache]) -> tuple[list[_Sequence], list[RaggedKVCache] | None]:
+        """Each sequence's next token from its row of logits; the sequences that go on, and their caches."""
         keep = []
         for i, sequence in enumerate(sequences):
             if sequence.cancelled.is_set():
@@ -235,9 +227,9 @@ class BatchDecoder:
                 keep.append(i)
             else:
                 sequence.deliver(END)
+        if not keep:
+            return [], None
         if len(keep) < len(sequences):
-            if not keep:
-                return [], None
             for cache in caches:
                 cache.keep(keep)
         return [sequences[i] for i in keep], caches
