@@ -14,7 +14,7 @@ tokens (positions restart, which is what a model with learned positions needs).
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,10 +85,15 @@ def sample_next(logits: np.ndarray, config: SamplingConfig, rng: np.random.Gener
 
 def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig,
                     seed: int | None = None, stop_ids: Sequence[int] = (),
-                    first_allowed: Sequence[int] | None = None) -> Iterator[int]:
+                    first_allowed: Sequence[int] | None = None,
+                    respond: Callable[[int], Sequence[int]] | None = None) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids after ``prompt``, stopping after a token in ``stop_ids``.
 
     ``first_allowed``, when given, are the only ids the first new token may be (token healing).
+    ``respond``, when given, sees each sampled token and may return tokens to
+    insert after it (a tool's output: the chat's calculator): the model reads
+    them next, as if they were in the prompt; they are not yielded (the model
+    did not write them) and do not count against ``max_new_tokens``.
     """
     context = model.config.block_size
     if not prompt:
@@ -120,6 +125,9 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
                 yield token
                 if token in stop_ids:
                     return
+                if respond is not None and (inserted := list(respond(token))):
+                    tokens += inserted
+                    pending += inserted
     finally:
         model.train(was_training)
 

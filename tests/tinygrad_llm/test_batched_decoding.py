@@ -162,6 +162,37 @@ def test_concurrent_requests_get_the_tokens_they_get_alone(sampling, pack_bytes)
     assert (decoder.packed_prompts > 0) == (pack_bytes > 0)  # prompts rode in decode passes, or had their own
 
 
+def tool(token: int) -> list[int]:
+    """A stand-in tool: after every token divisible by 5 the model reads three more (one depends on the token)."""
+    return [token // 5, 3, 4] if token % 5 == 0 else []
+
+
+@pytest.mark.parametrize("pack_bytes", [16 << 20, 0], ids=["prompts-packed", "prompts-alone"])
+def test_concurrent_requests_with_a_tool_get_the_tokens_they_get_alone(pack_bytes):
+    model = tiny("rope")
+    sampling = SamplingConfig(temperature=0.9, top_p=0.9)
+    rng = np.random.default_rng(3)
+    requests = [(rng.integers(0, 97, size=int(n)).tolist(), int(m), seed)
+                for seed, (n, m) in enumerate([(4, 14), (9, 5), (2, 16), (7, 12), (3, 1)])]
+    want = [list(generate_tokens(model, p, m, sampling, seed, respond=tool)) for p, m, seed in requests]
+    assert sum(tool(t) != [] for w in want for t in w) >= 3  # the tool answered several times
+    decoder = BatchDecoder(model, max_batch=3, pack_bytes=pack_bytes)
+    streams = [decoder.submit(p, m, sampling, seed, respond=tool) for p, m, seed in requests]
+    assert [list(stream) for stream in streams] == want
+
+
+def test_a_tool_answer_that_would_pass_the_context_ends_the_sequence():
+    model = tiny("gpt2")  # context 48
+    greedy = SamplingConfig(temperature=0.0)
+    prompt = list(range(1, 40))
+
+    def long_answer(token: int) -> list[int]:
+        return [7] * 9  # 39 + 1 + 9 = 49 tokens: one more than the cache holds
+
+    got = list(BatchDecoder(model).submit(prompt, 5, greedy, None, respond=long_answer))
+    assert got == list(generate_tokens(model, prompt, 1, greedy))  # the first token, then the end
+
+
 def test_a_request_withdrawn_midway_frees_its_row():
     model = tiny("gpt2")
     decoder = BatchDecoder(model, max_batch=2)

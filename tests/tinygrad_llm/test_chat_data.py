@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import tinygrad_llm.chat.data as data
+from tinygrad_llm.chat.calculator import calculate
 from tinygrad_llm.chat.data import (
     SPLITS,
     ChatDataError,
@@ -30,7 +31,7 @@ from tinygrad_llm.chat.data import (
     hash_split,
     read_chat_jsonl,
 )
-from tinygrad_llm.chat.format import check_conversation
+from tinygrad_llm.chat.format import check_conversation, message_text
 from util.files import package_file
 
 # -- JSON Lines -----------------------------------------------------------------------------------------------------
@@ -149,8 +150,15 @@ def test_generated_answers_are_correct(generated: dict[str, list[data.Instructio
                 assert getattr(module, params[0]).__module__ == item.answer
             else:
                 assert answer == item.answer, item
+            if item.family == "module_of":  # answered from memory
+                reply = item.answer
+            else:  # the expression, the calculator's output, then the answer
+                assert item.expression is not None and calculate(item.expression) == item.answer, item
+                reply = [{"type": "calculator", "text": item.expression},
+                         {"type": "calculator_output", "text": item.answer}, {"type": "text", "text": item.answer}]
             assert item.messages() == [{"role": "user", "content": item.question},
-                                       {"role": "assistant", "content": item.answer}]
+                                       {"role": "assistant", "content": reply}]
+            assert message_text(item.messages()[1]) == item.answer
             assert len(item.question) <= 80 and len(item.answer) <= 40
             families.add(item.family)
     assert families == {task.family for task in data.TASKS}

@@ -15,7 +15,7 @@ from torch_gpt import TorchGPT, copy_weights
 
 import nn
 from tinygrad_llm.chat.finetune import IGNORE, ConversationBatches, masked_loss, pack_rows, render_all
-from tinygrad_llm.chat.format import add_chat_tokens, render_conversation
+from tinygrad_llm.chat.format import add_chat_tokens, message_text, render_conversation
 from tinygrad_llm.checkpoint import latest_checkpoint, load_checkpoint, read_info
 from tinygrad_llm.model import GPT, GPTConfig
 from tokenizer import Tokenizer
@@ -155,18 +155,19 @@ def test_finetune_then_chat_from_a_script(trained_run, tmp_path, capsys, monkeyp
                          "--out", out, "--max-steps", "4", *FAST)
     assert status == 0, err
     info = read_info(latest_checkpoint(out))
-    assert info["chat_template"]["name"] == "tinygrad-llm-chat/1" and info["lora"] is None
+    assert info["chat_template"]["name"] == "tinygrad-llm-chat/2" and info["lora"] is None
     assert info["conversations"] == {"train": 22, "val": 2}  # every 20th held out
     base_vocab = Tokenizer.load(trained_run / "tokenizer.txt").vocab_size
-    assert info["model_config"]["vocab_size"] == base_vocab + 6
+    assert info["model_config"]["vocab_size"] == base_vocab + 10  # six turn markers, four calculator markers
     tokenizer = Tokenizer.load(out / "tokenizer.txt")
     assert tokenizer.special_tokens["<|assistant_end|>"] == base_vocab + 5
+    assert tokenizer.special_tokens["<|output_end|>"] == base_vocab + 9
 
     replies = chat_lines(capsys, monkeypatch, out, "What is 2 + 3?", "/save " + str(tmp_path / "c.jsonl"),
                          "/reset", "Sort [3, 1, 2].")
     assert len(replies) == 4 and replies[1].startswith("(saved") and replies[2] == "(conversation cleared)"
     saved = json.loads((tmp_path / "c.jsonl").read_text(encoding="utf-8"))["messages"]
-    assert [m["role"] for m in saved] == ["user", "assistant"] and saved[1]["content"] == replies[0]
+    assert [m["role"] for m in saved] == ["user", "assistant"] and message_text(saved[1]) == replies[0]
 
 
 def test_chat_refuses_a_base_model(trained_run, capsys):

@@ -14,13 +14,20 @@ from tinygrad_llm.chat.format import (
     CHAT_TOKENS,
     ROLE_TOKENS,
     TEMPLATE,
+    TOOL_TOKENS,
     ChatFormatError,
     add_chat_tokens,
+    added_token_ids,
     alpaca_to_messages,
+    chat_marker_ids,
     chat_token_ids,
+    check_conversation,
     has_chat_tokens,
+    has_tool_tokens,
+    message_text,
     render_conversation,
     render_prompt,
+    tool_token_ids,
 )
 from tinygrad_llm.data.sources import StdlibCorpus
 from tinygrad_llm.model import GPT, GPTConfig
@@ -50,13 +57,75 @@ def test_chat_tokens_follow_the_base_vocabulary(base, tok):
     assert CHAT_TOKENS == ("<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user_end|>",
                            "<|assistant_start|>", "<|assistant_end|>")
     assert ROLE_TOKENS["assistant"] == ("<|assistant_start|>", "<|assistant_end|>")
+    assert TOOL_TOKENS == ("<|calculator_start|>", "<|calculator_end|>", "<|output_start|>", "<|output_end|>")
     assert not has_chat_tokens(base) and has_chat_tokens(tok)
-    assert [tok.special_tokens[name] for name in CHAT_TOKENS] == list(range(350, 356))
+    assert not has_tool_tokens(base) and has_tool_tokens(tok)
+    assert [tok.special_tokens[name] for name in CHAT_TOKENS + TOOL_TOKENS] == list(range(350, 360))
+    assert tok.vocab_size == 360
     assert tok.special_tokens[ENDOFTEXT] == base.eot_token == 349
     assert add_chat_tokens(tok).special_tokens == tok.special_tokens
     assert chat_token_ids(tok) == {"system": (350, 351), "user": (352, 353), "assistant": (354, 355)}
-    assert json.loads(json.dumps(TEMPLATE)) == {"name": "tinygrad-llm-chat/1", "tokens": list(CHAT_TOKENS),
-                                                "begin": ENDOFTEXT}
+    assert tool_token_ids(tok) == {"calculator_start": 356, "calculator_end": 357, "output_start": 358,
+                                   "output_end": 359}
+    assert chat_marker_ids(tok) == list(range(350, 356)) and added_token_ids(tok) == list(range(350, 360))
+    assert json.loads(json.dumps(TEMPLATE)) == {"name": "tinygrad-llm-chat/2",
+                                                "tokens": list(CHAT_TOKENS + TOOL_TOKENS), "begin": ENDOFTEXT}
+
+
+def test_a_tokenizer_tuned_before_the_calculator_gets_its_tokens_after_its_own(base):
+    old = base.with_special_tokens(CHAT_TOKENS)  # what add_chat_tokens made before the tool markers
+    assert has_chat_tokens(old) and not has_tool_tokens(old) and added_token_ids(old) == list(range(350, 356))
+    with pytest.raises(ChatFormatError, match="no calculator tokens"):
+        tool_token_ids(old)
+    grown = add_chat_tokens(old)
+    assert chat_token_ids(grown) == chat_token_ids(old) and list(tool_token_ids(grown).values()) == [356, 357, 358,
+                                                                                                     359]
+
+
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "What is 47 + 85?"},
+    {"role": "assistant", "content": [{"type": "calculator", "text": "47 + 85"},
+                                      {"type": "calculator_output", "text": "132"},
+                                      {"type": "text", "text": "132"}]},
+]
+
+
+def test_calculator_parts_train_the_expression_and_the_answer_not_the_output(tok):
+    special, text = tok.special_tokens, tok.encode_ordinary
+    ids, mask = render_conversation(tok, TOOL_CONVERSATION)
+    expected = [(special[ENDOFTEXT], 0), (special["<|user_start|>"], 0), *[(i, 0) for i in text("What is 47 + 85?")],
+                (special["<|user_end|>"], 0), (special["<|assistant_start|>"], 0),
+                (special["<|calculator_start|>"], 1), *[(i, 1) for i in text("47 + 85")],
+                (special["<|calculator_end|>"], 1),
+                (special["<|output_start|>"], 0), *[(i, 0) for i in text("132")], (special["<|output_end|>"], 0),
+                *[(i, 1) for i in text("132")], (special["<|assistant_end|>"], 1)]
+    assert list(zip(ids, mask, strict=True)) == expected
+    assert tok.decode(ids).endswith("<|assistant_start|><|calculator_start|>47 + 85<|calculator_end|>"
+                                    "<|output_start|>132<|output_end|>132<|assistant_end|>")
+    assert message_text(TOOL_CONVERSATION[1]) == "132" and message_text(TOOL_CONVERSATION[0]) == "What is 47 + 85?"
+    # A history holding a calculator exchange renders the same way as a prompt's prefix.
+    follow_up = [*TOOL_CONVERSATION, {"role": "user", "content": "Thanks"}]
+    assert render_prompt(tok, follow_up)[:len(ids)] == ids
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ([], "empty list of parts"),
+    ([{"type": "picture", "text": "x"}], "part 1: a part is"),
+    ([{"type": "text"}], "part 1: a part is"),
+    ([{"type": "calculator", "text": "1 + 1"}], "part 1: a calculator part must be followed by its output"),
+    ([{"type": "calculator", "text": "1 + 1"}, {"type": "text", "text": "2"}], "must be followed by its output"),
+    ([{"type": "calculator_output", "text": "2"}], "part 1: a calculator output must follow a calculator part"),
+])
+def test_malformed_parts_are_refused_in_one_line(content, message):
+    with pytest.raises(ChatFormatError, match=message) as caught:
+        check_conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": content}])
+    assert "message 2 (assistant)" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_only_the_assistant_may_speak_in_parts():
+    with pytest.raises(ChatFormatError, match="message 1 \\(user\\) has no text content"):
+        check_conversation([{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                            {"role": "assistant", "content": "hello"}])
 
 
 def test_the_mask_marks_exactly_the_assistant_replies_and_their_end(tok):
@@ -226,4 +295,4 @@ def test_a_grown_model_fits_the_chat_tokenizer(base, tok):
     ids, mask = render_conversation(tok, CONVERSATION, max_tokens=64)
     targets = np.where(np.array(mask[1:]) == 1, ids[1:], -100)
     _, loss = model(np.array([ids[:-1]]), targets[None])
-    assert np.isfinite(loss.item()) and model.config.vocab_size == tok.vocab_size == 356
+    assert np.isfinite(loss.item()) and model.config.vocab_size == tok.vocab_size == 360

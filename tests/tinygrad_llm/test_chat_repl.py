@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import nn
-from tinygrad_llm.chat.assistant import fit_history, reply
-from tinygrad_llm.chat.format import add_chat_tokens, render_prompt
+from tinygrad_llm.chat.assistant import ToolRunner, fit_history, reply
+from tinygrad_llm.chat.format import add_chat_tokens, render_conversation, render_prompt
 from tinygrad_llm.chat.repl import ChatSession, run_repl
 from tinygrad_llm.generate import PromptError
 from tinygrad_llm.model import GPT, GPTConfig
@@ -55,6 +55,8 @@ class Scripted:
     def __init__(self, script: list[int], vocab: int) -> None:
         self.script, self.vocab, self.training = list(script), vocab, False
         self.inputs: list[int] = []  # how many tokens each call read
+        self.read: list[int] = []    # every token read, in order
+        self.reads: list[list[int]] = []  # the tokens of each call
         self.config = GPTConfig.preset("tiny", vocab_size=vocab, block_size=64)
 
     def eval(self):
@@ -73,6 +75,8 @@ class Scripted:
 
     def __call__(self, ids, caches=None, logits_at=None):
         self.inputs.append(ids.shape[1])
+        self.read += ids[0].tolist()
+        self.reads.append(ids[0].tolist())
         caches[0].length += ids.shape[1]
         logits = np.zeros((1, ids.shape[1] if logits_at is None else 1, self.vocab), dtype=np.float32)
         logits[0, -1, self.script.pop(0)] = 10.0
@@ -112,3 +116,53 @@ def test_the_repl_reads_messages_and_commands_from_a_script(model, tokenizer, tm
     assert [m["role"] for m in saved] == ["system", "user", "assistant"] and saved[2]["content"] == lines[0]
     assert session.messages == [{"role": "user", "content": "bye dog"},
                                  {"role": "assistant", "content": lines[4]}]
+
+
+def calculator_script(tokenizer: Tokenizer, expression: str, answer: str) -> list[int]:
+    special = tokenizer.special_tokens
+    return [special["<|calculator_start|>"], *tokenizer.encode_ordinary(expression), special["<|calculator_end|>"],
+            *tokenizer.encode_ordinary(answer), special["<|assistant_end|>"]]
+
+
+@pytest.mark.parametrize(("expression", "output"), [("47 + 85", "132"), ("1 / 0", "error: division by zero")])
+def test_the_calculator_answers_the_model_and_the_user_reads_only_the_answer(tokenizer, expression, output):
+    special = tokenizer.special_tokens
+    script = Scripted(calculator_script(tokenizer, expression, "the answer"), tokenizer.vocab_size)
+    question = [{"role": "user", "content": "what is it"}]
+    tools = ToolRunner(tokenizer)
+    assert "".join(reply(script, tokenizer, question, max_new_tokens=40, tools=tools)) == "the answer"
+    assert tools.calls == [(expression, output)]
+    # What the model read after writing the expression's end: the calculator's output, in its markers.
+    fed = [special["<|calculator_end|>"], special["<|output_start|>"], *tokenizer.encode_ordinary(output),
+           special["<|output_end|>"]]
+    end = script.read.index(special["<|calculator_end|>"])
+    assert script.read[end:end + len(fed)] == fed
+    parts = tools.parts()
+    assert parts == [{"type": "calculator", "text": expression}, {"type": "calculator_output", "text": output},
+                     {"type": "text", "text": "the answer"}]
+    # The reply as parts renders back to exactly the tokens the model read and wrote.
+    ids, _ = render_conversation(tokenizer, [*question, {"role": "assistant", "content": parts}])
+    assert script.read + [special["<|assistant_end|>"]] == ids
+
+
+def test_a_session_keeps_the_calculator_exchange_in_its_history(tokenizer):
+    script = Scripted(calculator_script(tokenizer, "2 * 21", "42") + tokenizer.encode_ordinary(" fox")
+                      + [tokenizer.special_tokens["<|assistant_end|>"]], tokenizer.vocab_size)
+    session = ChatSession(script, tokenizer, max_new_tokens=12)  # room for the whole history
+    assert "".join(session.ask("twice 21?")) == "42"
+    assert session.turns[-1]["content"][0] == {"type": "calculator", "text": "2 * 21"}
+    assert "".join(session.ask("and?")) == " fox"
+    second = render_prompt(tokenizer, session.messages[:-1])
+    assert second in script.reads  # the second prompt, read whole, holds the first reply's calculator call
+    assert tokenizer.decode(second).count("<|calculator_start|>2 * 21<|calculator_end|><|output_start|>42") == 1
+
+
+def test_at_a_terminal_the_repl_shows_the_calculator_at_work_and_in_a_script_it_does_not(tokenizer):
+    def run(interactive: bool) -> str:
+        script = Scripted(calculator_script(tokenizer, "2 * 21", "42"), tokenizer.vocab_size)
+        out = io.StringIO()
+        run_repl(ChatSession(script, tokenizer), io.StringIO("twice 21?\n"), out, interactive=interactive)
+        return out.getvalue()
+
+    assert "assistant> [calculator: 2 * 21 = 42] 42\n" in run(True)
+    assert run(False) == "42\n"

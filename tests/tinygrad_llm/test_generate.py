@@ -193,6 +193,24 @@ def test_generation_stops_after_a_stop_token_and_restores_training_mode():
     assert cut == full[:full.index(stop) + 1]
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_inserted_tokens_are_read_as_if_they_were_in_the_prompt(pos):
+    model = random_model(pos, seed=2)
+    greedy = SamplingConfig(temperature=0.0)
+    first = next(generate_tokens(model, [1, 2], 1, greedy))
+    calls = []
+
+    def respond(token: int) -> list[int]:  # a tool that answers the first token only, with three tokens
+        calls.append(token)
+        return [5, 6, 7] if len(calls) == 1 else []
+
+    generated = list(generate_tokens(model, [1, 2], 3, greedy, respond=respond))
+    assert generated[0] == first and len(generated) == 3  # the inserted tokens are read, not yielded
+    assert generated[1:] == list(generate_tokens(model, [1, 2, first, 5, 6, 7], 2, greedy))
+    assert generated[1:] != list(generate_tokens(model, [1, 2, first], 2, greedy))  # (they made a difference)
+    assert calls == generated  # the hook sees every sampled token
+
+
 @pytest.mark.parametrize(("prompt", "message"), [([], "empty"), (list(range(BLOCK + 1)), "context is 8")])
 def test_a_prompt_that_does_not_fit_is_a_prompt_error(prompt, message):
     with pytest.raises(PromptError, match=message):

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from serve_helpers import NAME, start
 
@@ -207,3 +208,62 @@ def test_serve_on_a_busy_port_is_one_error_line(trained_run):
                                  str(busy.getsockname()[1])], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("tinygrad-llm: error: cannot listen on 127.0.0.1:")
+
+
+# ---------------------------------------------------------------------- the calculator inside a chat reply
+
+
+def wired_model(tokenizer, transitions: dict[int, int]):
+    """A real GPT whose greedy next token is ``transitions[current token]``, reading everything it is fed.
+
+    The blocks are silenced (their output projections zeroed, so the residual
+    stream is the token's embedding; rotary positions add nothing to it), and
+    each output row ``u`` of ``lm_head`` points at the normalized embedding of
+    the token that leads to ``u``. ``fed`` records every token id the model reads.
+    """
+    import nn
+    from tinygrad_llm.model import GPT, GPTConfig
+
+    class Recording(GPT):
+        def forward(self, ids, *args, **kwargs):
+            self.fed += np.asarray(ids).ravel().tolist()
+            return super().forward(ids, *args, **kwargs)
+
+    nn.manual_seed(1)
+    model = Recording(GPTConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64, pos="rope",
+                                       tie_weights=False))
+    model.fed = []
+    for name, parameter in model.named_parameters():
+        if name.endswith("c_proj.weight") or name.endswith("c_proj.bias"):
+            parameter.data[...] = 0
+    head = model.lm_head.weight.data
+    head[...] = 0
+    with nn.no_grad():
+        for current, following in transitions.items():
+            state = model.ln_f(nn.Tensor(model.wte.weight.data[current][None])).numpy()[0]
+            head[following] = 10 * state / np.linalg.norm(state)
+    return model
+
+
+def test_a_chat_reply_uses_the_calculator_and_returns_only_its_text(chat_model):
+    tokenizer = chat_model[1]
+    special, char = tokenizer.special_tokens, lambda c: tokenizer.encode_ordinary(c)[0]
+    script = {special["<|assistant_start|>"]: special["<|calculator_start|>"],
+              special["<|calculator_start|>"]: char("6"), char("6"): char("*"), char("*"): char("7"),
+              char("7"): special["<|calculator_end|>"],
+              special["<|output_end|>"]: char("4"), char("4"): char("2"), char("2"): special["<|assistant_end|>"]}
+    model = wired_model(tokenizer, script)
+    for port in start(create_app(model, tokenizer, NAME)):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "What is 6 * 7?"}]
+        whole = client.chat.completions.create(model=NAME, messages=messages, max_tokens=20)
+        streamed = client.chat.completions.create(model=NAME, messages=messages, max_tokens=20, stream=True)
+        pieces = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    assert whole.choices[0].message.content == pieces == "42"
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.usage.completion_tokens == 7  # the model wrote <|calculator_start|> 6 * 7 <|calculator_end|> 4 2
+    # What the model read after writing the expression: the calculator's output, in its markers.
+    answer = [special["<|calculator_end|>"], special["<|output_start|>"], *tokenizer.encode_ordinary("42"),
+              special["<|output_end|>"]]
+    fed = model.fed
+    assert any(fed[i:i + len(answer)] == answer for i in range(len(fed)))

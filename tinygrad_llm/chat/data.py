@@ -160,7 +160,10 @@ class Task:
     ``draw(rng)`` returns the parameters (a tuple of numbers, strings and
     tuples: the item's identity, and what its split is hashed from);
     ``fields(*params)`` the values that ``phrasings`` (``str.format`` templates
-    over ``{0}``, ``{1}``, ...) show; ``solve(*params)`` the exact answer.
+    over ``{0}``, ``{1}``, ...) show; ``solve(*params)`` the exact answer;
+    ``expression(*params)``, when the task has one, what the assistant gives
+    the calculator to find the answer (:mod:`~tinygrad_llm.chat.calculator`
+    works it out to exactly ``solve``'s answer; a test holds every task to that).
     """
 
     family: str
@@ -168,20 +171,34 @@ class Task:
     draw: Callable[[random.Random], Params]
     solve: Callable[..., str]
     fields: Callable[..., Params] = lambda *params: params
+    expression: Callable[..., str] | None = None
 
 
 @dataclass(frozen=True)
 class Instruction:
-    """A generated question: its task, parameters, the question as phrased, and the exact answer."""
+    """A generated question: its task, parameters, the question as phrased, the exact answer, and the
+    calculator expression that finds it (None for a question answered from memory)."""
 
     family: str
     params: Params
     question: str
     answer: str
+    expression: str | None = None
 
     def messages(self) -> list[Message]:
-        """The question and its answer as a user-assistant conversation."""
-        return [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.answer}]
+        """The question and its answer as a user-assistant conversation.
+
+        With an expression, the assistant's message is three parts: the
+        expression for the calculator, the calculator's output (the answer),
+        and the answer as text, which is what the user reads and what
+        :func:`exact_match` scores.
+        """
+        if self.expression is None:
+            reply: str | list[dict[str, str]] = self.answer
+        else:
+            reply = [{"type": "calculator", "text": self.expression},
+                     {"type": "calculator_output", "text": self.answer}, {"type": "text", "text": self.answer}]
+        return [{"role": "user", "content": self.question}, {"role": "assistant", "content": reply}]
 
 
 def _pair(low: int, high: int) -> Callable[[random.Random], Params]:
@@ -200,12 +217,22 @@ def _show_list(values: tuple[int, ...]) -> Params:
     return (str(list(values)),)
 
 
-def _string_task(family: str, solve: Callable[[str], object], *phrasings: str) -> Task:
-    return Task(family, phrasings, _word, lambda word: str(solve(word)))
+def _string_task(family: str, solve: Callable[[str], object], expression: str, *phrasings: str) -> Task:
+    """A task on one word; ``expression`` is its calculator expression with ``W`` for the quoted word."""
+    return Task(family, phrasings, _word, lambda word: str(solve(word)),
+                expression=lambda word: expression.replace("W", f'"{word}"'))
 
 
-def _list_task(family: str, solve: Callable[[list[int]], object], *phrasings: str) -> Task:
-    return Task(family, phrasings, _digits, lambda values: str(solve(list(values))), _show_list)
+def _list_task(family: str, solve: Callable[[list[int]], object], function: str, *phrasings: str) -> Task:
+    """A task on a list of digits, answered by calling ``function`` on it."""
+    return Task(family, phrasings, _digits, lambda values: str(solve(list(values))), _show_list,
+                lambda values: f"{function}({list(values)})")
+
+
+def _arithmetic_task(family: str, operator: str, solve: Callable[[int, int], int], high: int) -> Task:
+    phrasings = (f"What is {{0}} {operator} {{1}}?", f"{{0}} {operator} {{1}} =", f"Compute {{0}} {operator} {{1}}.")
+    return Task(family, phrasings, _pair(0, high), lambda a, b: str(solve(a, b)),
+                expression=lambda a, b: f"{a} {operator} {b}")
 
 
 def _unit_task(source: str, target: str, factor: int, *, divide: bool = False) -> Task:
@@ -214,8 +241,9 @@ def _unit_task(source: str, target: str, factor: int, *, divide: bool = False) -
                  f"{{0}} {source} in {target}?")
     if divide:
         return Task(f"{source}_to_{target}", phrasings, lambda rng: (rng.randint(2, 99),), str,
-                    lambda n: (n * factor,))
-    return Task(f"{source}_to_{target}", phrasings, lambda rng: (rng.randint(2, 99),), lambda n: str(n * factor))
+                    lambda n: (n * factor,), lambda n: f"{n * factor} // {factor}")
+    return Task(f"{source}_to_{target}", phrasings, lambda rng: (rng.randint(2, 99),), lambda n: str(n * factor),
+                expression=lambda n: f"{n} * {factor}")
 
 
 _CALLS: dict[str, tuple[Callable[..., object], Callable[[random.Random], Params]]] = {
@@ -240,11 +268,16 @@ _CALLS: dict[str, tuple[Callable[..., object], Callable[[random.Random], Params]
 
 
 def _call_task(name: str) -> Task:
-    """"What does `f(args)` return?", answered with the repr of what calling f on args returns, here and now."""
+    """"What does `f(args)` return?", answered with the repr of what calling f on args returns, here and now
+    (the calculator's expression is the call inside ``repr``, which keeps a string's quotes)."""
     function, draw = _CALLS[name]
+
+    def call(*args: object) -> str:
+        return f"{name}({', '.join(map(repr, args))})"
+
     return Task(f"call_{name}", ("What does `{0}` return?", "What is the value of `{0}`?", "Evaluate `{0}`."),
-                draw, lambda *args: repr(function(*args)),
-                lambda *args: (f"{name}({', '.join(map(repr, args))})",))
+                draw, lambda *args: repr(function(*args)), lambda *args: (call(*args),),
+                lambda *args: f"repr({call(*args)})")
 
 
 @functools.cache
@@ -277,31 +310,31 @@ def _module_task() -> Task:
 
 GROUPS: dict[str, tuple[Task, ...]] = {
     "arithmetic": (
-        Task("add", ("What is {0} + {1}?", "{0} + {1} =", "Compute {0} + {1}."), _pair(0, 99), lambda a, b: str(a + b)),
-        Task("sub", ("What is {0} - {1}?", "{0} - {1} =", "Compute {0} - {1}."), _pair(0, 99), lambda a, b: str(a - b)),
-        Task("mul", ("What is {0} * {1}?", "{0} * {1} =", "Compute {0} * {1}."), _pair(0, 20), lambda a, b: str(a * b)),
+        _arithmetic_task("add", "+", lambda a, b: a + b, 99),
+        _arithmetic_task("sub", "-", lambda a, b: a - b, 99),
+        _arithmetic_task("mul", "*", lambda a, b: a * b, 20),
     ),
     "strings": (
-        _string_task("reverse", lambda w: w[::-1], 'Reverse "{0}".', 'Spell "{0}" backwards.',
+        _string_task("reverse", lambda w: w[::-1], "W[::-1]", 'Reverse "{0}".', 'Spell "{0}" backwards.',
                      'What is "{0}" reversed?'),
-        _string_task("upper", str.upper, 'Upper-case "{0}".', 'Write "{0}" in capital letters.',
+        _string_task("upper", str.upper, "W.upper()", 'Upper-case "{0}".', 'Write "{0}" in capital letters.',
                      'What is "{0}" in upper case?'),
-        _string_task("letters", len, 'How many letters are in "{0}"?', 'Count the letters in "{0}".',
+        _string_task("letters", len, "len(W)", 'How many letters are in "{0}"?', 'Count the letters in "{0}".',
                      'How long is "{0}"?'),
-        _string_task("first", lambda w: w[0], 'What is the first letter of "{0}"?', 'First letter of "{0}"?',
+        _string_task("first", lambda w: w[0], "W[0]", 'What is the first letter of "{0}"?', 'First letter of "{0}"?',
                      'Which letter does "{0}" start with?'),
-        _string_task("last", lambda w: w[-1], 'What is the last letter of "{0}"?', 'Last letter of "{0}"?',
+        _string_task("last", lambda w: w[-1], "W[-1]", 'What is the last letter of "{0}"?', 'Last letter of "{0}"?',
                      'Which letter does "{0}" end with?'),
     ),
     "lists": (
-        _list_task("sort", sorted, "Sort {0}.", "Sort {0} in ascending order.", "What is {0} sorted?"),
-        _list_task("max", max, "What is the largest number in {0}?", "Max of {0}?",
+        _list_task("sort", sorted, "sorted", "Sort {0}.", "Sort {0} in ascending order.", "What is {0} sorted?"),
+        _list_task("max", max, "max", "What is the largest number in {0}?", "Max of {0}?",
                    "Which number in {0} is the biggest?"),
-        _list_task("min", min, "What is the smallest number in {0}?", "Min of {0}?",
+        _list_task("min", min, "min", "What is the smallest number in {0}?", "Min of {0}?",
                    "Which number in {0} is the smallest?"),
-        _list_task("length", len, "How many numbers are in {0}?", "What is the length of {0}?",
+        _list_task("length", len, "len", "How many numbers are in {0}?", "What is the length of {0}?",
                    "Count the items in {0}."),
-        _list_task("sum", sum, "What is the sum of {0}?", "Add up {0}.", "Sum {0}."),
+        _list_task("sum", sum, "sum", "What is the sum of {0}?", "Add up {0}.", "Sum {0}."),
     ),
     "units": (
         _unit_task("km", "meters", 1000),
@@ -350,16 +383,19 @@ def generated_items(split: str, count: int, seed: int = 0) -> list[Instruction]:
         if key in seen or hash_split(key, _INSTRUCTIONS_HELD_OUT) != split:
             continue
         seen.add(key)
-        items.append(Instruction(task.family, params, phrasing.format(*task.fields(*params)), task.solve(*params)))
+        expression = None if task.expression is None else task.expression(*params)
+        items.append(Instruction(task.family, params, phrasing.format(*task.fields(*params)), task.solve(*params),
+                                 expression))
     return items
 
 
 def generated_instructions(split: str, count: int, seed: int = 0) -> list[list[Message]]:
-    """:func:`generated_items` as conversations: the question from the user, the bare answer from the assistant.
+    """:func:`generated_items` as conversations: the question from the user, the answer from the assistant.
 
-    The answer is the exact string and nothing else (``"42"``, ``"olleh"``,
-    ``"[1, 2, 3]"``, ``"'0xff'"``, ``"math"``), so a model's reply can be
-    scored with :func:`exact_match`.
+    The answer's text is the exact string and nothing else (``"42"``,
+    ``"olleh"``, ``"[1, 2, 3]"``, ``"'0xff'"``, ``"math"``), so a model's
+    reply can be scored with :func:`exact_match`; every task but ``module_of``
+    finds it with the calculator first (:meth:`Instruction.messages`).
     """
     return [item.messages() for item in generated_items(split, count, seed)]
 

@@ -6,14 +6,15 @@
 
 The pieces, in order:
 
-1. **Chat tokens.** The six turn markers are added to the base tokenizer as
-   special tokens after its largest id (``format.add_chat_tokens``): no
-   existing id moves, so the base model's knowledge stays where it was. Its
+1. **Chat tokens.** The six turn markers and the four calculator markers are
+   added to the base tokenizer as special tokens after its largest id
+   (``format.add_chat_tokens``): no existing id moves, so the base model's knowledge stays where it was. Its
    embedding and output rows grow to fit, the new rows starting as the mean
    of the old ones (``GPT.grow_vocabulary``).
 2. **Rendering.** Each conversation becomes ids and a loss mask
    (``format.render_conversation``): only the assistant's tokens and its
-   end-of-turn token are trained on. A target whose mask is 0 becomes -100,
+   end-of-turn token are trained on (its calculator expressions too, the
+   calculator's outputs not). A target whose mask is 0 becomes -100,
    the index the cross-entropy ignores, so the loss is the mean over the
    answers' tokens alone.
 3. **Packing.** Conversations are packed whole, in a shuffled order per
@@ -50,7 +51,7 @@ import numpy as np
 import nn
 from nn import distributed, optim
 from tinygrad_llm.chat import lora as lora_module
-from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, chat_marker_ids, render_conversation
+from tinygrad_llm.chat.format import TEMPLATE, Message, add_chat_tokens, added_token_ids, render_conversation
 from tinygrad_llm.checkpoint import (
     TOKENIZER_FILE,
     Checkpoint,
@@ -209,7 +210,7 @@ def train_token_rows(model: GPT, tokenizer: Tokenizer) -> list[tuple[str, Any]]:
     moments stay zero and those rows do not move by a bit (weight decay is 0).
     Returns the tensors to add to the optimizer.
     """
-    rows = np.array(chat_marker_ids(tokenizer))
+    rows = np.array(added_token_ids(tokenizer))
 
     def only_chat_rows(grad: nn.Tensor) -> nn.Tensor:
         kept = np.zeros_like(grad.data)
@@ -358,7 +359,7 @@ def adapter_info(model: GPT, tokenizer: Tokenizer, **facts: Any) -> dict[str, An
     The rows (a few, of ``n_embd`` numbers each) go into the JSON metadata, so
     that the adapter file alone, with the base run, rebuilds the model.
     """
-    ids = chat_marker_ids(tokenizer)
+    ids = added_token_ids(tokenizer)
     rows = {name: weight.numpy()[ids].astype(float).tolist()
             for name, weight in (("wte.weight", model.wte.weight), ("lm_head.weight", model.lm_head.weight))
             if name == "wte.weight" or weight is not model.wte.weight}

@@ -24,10 +24,29 @@ prompt is the same rendering of the conversation so far followed by
 produces ``<|assistant_end|>``. Both go through one function, so what the
 model is trained on and what it is asked at chat time cannot drift apart.
 
-The six markers are new tokens for a pre-trained tokenizer:
-:func:`add_chat_tokens` appends them after its last id, and the model's
-embedding grows to match (``GPT.grow_vocabulary``). A checkpoint records
-:data:`TEMPLATE`, so a loader can tell which format a model was tuned on.
+**The calculator.** An assistant's message may also be a list of parts
+instead of one string: text, a ``calculator`` part (an expression the model
+writes) and the ``calculator_output`` that follows it (what
+:mod:`tinygrad_llm.chat.calculator` made of it)::
+
+    {"role": "assistant", "content": [
+        {"type": "calculator", "text": "47 + 85"},
+        {"type": "calculator_output", "text": "132"},
+        {"type": "text", "text": "132"}]}
+
+renders as ``<|assistant_start|> <|calculator_start|> 47 + 85
+<|calculator_end|> <|output_start|> 132 <|output_end|> 132
+<|assistant_end|>``. The expression and its end marker are trained on (the
+model learns to ask); the output is not (at chat time it comes from the
+tool, never from the model: :mod:`tinygrad_llm.chat.assistant` feeds it in
+when the model writes ``<|calculator_end|>``). What the user reads is the
+text parts alone (:func:`message_text`).
+
+The six turn markers and the four tool markers are new tokens for a
+pre-trained tokenizer: :func:`add_chat_tokens` appends them after its last
+id, and the model's embedding grows to match (``GPT.grow_vocabulary``). A
+checkpoint records :data:`TEMPLATE`, so a loader can tell which format a
+model was tuned on.
 """
 
 from __future__ import annotations
@@ -37,14 +56,18 @@ from typing import Any
 
 from tokenizer import ENDOFTEXT, Tokenizer
 
-__all__ = ["ROLES", "ChatFormatError", "Message", "check_conversation", "alpaca_to_messages",
-           "ROLE_TOKENS", "CHAT_TOKENS", "TEMPLATE", "add_chat_tokens", "has_chat_tokens", "chat_token_ids",
-           "chat_marker_ids", "render_conversation", "render_prompt"]
+__all__ = ["ROLES", "PART_TYPES", "ChatFormatError", "Message", "check_conversation", "message_text",
+           "alpaca_to_messages", "ROLE_TOKENS", "CHAT_TOKENS", "TOOL_TOKENS", "TEMPLATE", "add_chat_tokens",
+           "has_chat_tokens", "has_tool_tokens", "chat_token_ids", "tool_token_ids", "chat_marker_ids",
+           "added_token_ids", "render_conversation", "render_prompt"]
 
 ROLES = ("system", "user", "assistant")
 
-Message = dict[str, str]
-"""``{"role": "user", "content": "..."}``."""
+PART_TYPES = ("text", "calculator", "calculator_output")
+"""The kinds of part an assistant's message may be made of (module docstring)."""
+
+Message = dict[str, Any]
+"""``{"role": "user", "content": "..."}``; an assistant's content may be a list of parts instead."""
 
 
 class ChatFormatError(ValueError):
@@ -55,7 +78,8 @@ def check_conversation(messages: Any, *, final_assistant: bool = True) -> list[M
     """``messages`` as a clean list of ``{"role", "content"}`` dicts, or a ChatFormatError saying what is wrong.
 
     The rules: a non-empty list; each item a mapping with a ``role`` from
-    :data:`ROLES` and a string ``content`` (other keys are dropped); a
+    :data:`ROLES` and a string ``content`` (other keys are dropped), or for
+    the assistant a list of parts (:func:`_check_parts`); a
     ``system`` message only first; then ``user`` and ``assistant`` alternating,
     starting with ``user``. With ``final_assistant`` (training data) the last
     message must be the assistant's; without it (a prompt) the last must be the
@@ -70,7 +94,9 @@ def check_conversation(messages: Any, *, final_assistant: bool = True) -> list[M
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise ChatFormatError(f"message {i + 1} has the role {role!r}; roles are {', '.join(ROLES)}")
-        if not isinstance(content, str):
+        if role == "assistant" and isinstance(content, Sequence) and not isinstance(content, str):
+            content = _check_parts(content, f"message {i + 1} (assistant)")
+        elif not isinstance(content, str):
             raise ChatFormatError(f"message {i + 1} ({role}) has no text content")
         clean.append({"role": role, "content": content})
     turns = clean[1:] if clean[0]["role"] == "system" else clean
@@ -88,6 +114,35 @@ def check_conversation(messages: Any, *, final_assistant: bool = True) -> list[M
     if not final_assistant and last != "user":
         raise ChatFormatError("a prompt must end with the user's message")
     return clean
+
+
+def _check_parts(parts: Sequence[Any], where: str) -> list[dict[str, str]]:
+    """An assistant's list of parts, clean, or a ChatFormatError: each part a mapping with a ``type`` from
+    :data:`PART_TYPES` and a string ``text``; every ``calculator`` part followed by its ``calculator_output``,
+    and every output preceded by its expression."""
+    if not parts:
+        raise ChatFormatError(f"{where} has an empty list of parts")
+    clean = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, Mapping) or part.get("type") not in PART_TYPES or not isinstance(part.get("text"),
+                                                                                                 str):
+            raise ChatFormatError(f"{where}, part {j + 1}: a part is {{\"type\": one of {', '.join(PART_TYPES)}, "
+                                  '"text": a string}')
+        clean.append({"type": part["type"], "text": part["text"]})
+    for j, part in enumerate(clean):
+        follows = clean[j + 1]["type"] if j + 1 < len(clean) else None
+        after = clean[j - 1]["type"] if j else None
+        if part["type"] == "calculator" and follows != "calculator_output":
+            raise ChatFormatError(f"{where}, part {j + 1}: a calculator part must be followed by its output")
+        if part["type"] == "calculator_output" and after != "calculator":
+            raise ChatFormatError(f"{where}, part {j + 1}: a calculator output must follow a calculator part")
+    return clean
+
+
+def message_text(message: Message) -> str:
+    """What the user reads of a message: its content, or the text parts of an assistant's list of parts."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text")
 
 
 def alpaca_to_messages(record: Any) -> list[Message]:
@@ -120,25 +175,46 @@ ROLE_TOKENS: dict[str, tuple[str, str]] = {
 CHAT_TOKENS: tuple[str, ...] = tuple(token for role in ROLES for token in ROLE_TOKENS[role])
 """The six turn markers in id order: system start and end, user start and end, assistant start and end."""
 
-TEMPLATE: dict[str, Any] = {"name": "tinygrad-llm-chat/1", "tokens": list(CHAT_TOKENS), "begin": ENDOFTEXT}
-"""The rendering's name and tokens, JSON-ready, for a fine-tuned checkpoint to record."""
+TOOL_TOKENS: tuple[str, ...] = ("<|calculator_start|>", "<|calculator_end|>", "<|output_start|>", "<|output_end|>")
+"""The calculator's markers, after the turn markers: the expression's start and end, the output's start and end."""
+
+TEMPLATE: dict[str, Any] = {"name": "tinygrad-llm-chat/2", "tokens": [*CHAT_TOKENS, *TOOL_TOKENS],
+                            "begin": ENDOFTEXT}
+"""The rendering's name and tokens, JSON-ready, for a fine-tuned checkpoint to record (``/1`` had no tool markers)."""
 
 
 def add_chat_tokens(tokenizer: Tokenizer) -> Tokenizer:
-    """``tokenizer`` with the six :data:`CHAT_TOKENS` added as special tokens after its last id.
+    """``tokenizer`` with the six :data:`CHAT_TOKENS` and the four :data:`TOOL_TOKENS` added as special tokens
+    after its last id.
 
     No existing id moves, so a base model trained on ``tokenizer`` keeps its
     meaning; the model needs ``tokenizer.vocab_size`` rows afterwards (see
     ``GPT.grow_vocabulary``). Idempotent: a tokenizer that has them is returned
-    unchanged in content.
+    unchanged in content (one tuned before the tool markers existed gets them
+    after its turn markers).
     """
-    return tokenizer.with_special_tokens(CHAT_TOKENS)
+    return tokenizer.with_special_tokens((*CHAT_TOKENS, *TOOL_TOKENS))
 
 
 def has_chat_tokens(tokenizer: Tokenizer) -> bool:
     """Whether ``tokenizer`` has all six turn markers as special tokens."""
     specials = tokenizer.special_tokens
     return all(token in specials for token in CHAT_TOKENS)
+
+
+def has_tool_tokens(tokenizer: Tokenizer) -> bool:
+    """Whether ``tokenizer`` has the four calculator markers (a model tuned before they existed has not)."""
+    specials = tokenizer.special_tokens
+    return all(token in specials for token in TOOL_TOKENS)
+
+
+def tool_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    """The calculator markers' ids by short name (``calculator_start``, ``calculator_end``, ``output_start``,
+    ``output_end``); a ChatFormatError if the tokenizer lacks them."""
+    if not has_tool_tokens(tokenizer):
+        raise ChatFormatError("this tokenizer has no calculator tokens (a model fine-tuned before they existed); "
+                              "write the assistant's message as text")
+    return {token[2:-2]: tokenizer.special_tokens[token] for token in TOOL_TOKENS}
 
 
 def chat_token_ids(tokenizer: Tokenizer) -> dict[str, tuple[int, int]]:
@@ -155,8 +231,14 @@ def chat_token_ids(tokenizer: Tokenizer) -> dict[str, tuple[int, int]]:
 
 
 def chat_marker_ids(tokenizer: Tokenizer) -> list[int]:
-    """The ids of every turn marker in ``tokenizer``, sorted (the ids a reply stops at, the rows LoRA trains)."""
+    """The ids of every turn marker in ``tokenizer``, sorted (the ids a reply stops at)."""
     return sorted(i for pair in chat_token_ids(tokenizer).values() for i in pair)
+
+
+def added_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids of every token :func:`add_chat_tokens` adds that ``tokenizer`` has, sorted (the rows LoRA trains)."""
+    tools = list(tool_token_ids(tokenizer).values()) if has_tool_tokens(tokenizer) else []
+    return sorted([*chat_marker_ids(tokenizer), *tools])
 
 
 def _render(tokenizer: Tokenizer, messages: Any, final_assistant: bool) -> tuple[list[int], list[int]]:
@@ -167,11 +249,34 @@ def _render(tokenizer: Tokenizer, messages: Any, final_assistant: bool) -> tuple
     ids, mask = [tokenizer.eot_token], [0]
     for message in check_conversation(messages, final_assistant=final_assistant):
         start, end = markers[message["role"]]
-        content = tokenizer.encode_ordinary(message["content"])
         learned = int(message["role"] == "assistant")
-        ids += [start, *content, end]
-        mask += [0] + [learned] * (len(content) + 1)
+        ids.append(start)
+        mask.append(0)
+        if isinstance(message["content"], str):
+            content = tokenizer.encode_ordinary(message["content"])
+            ids += content
+            mask += [learned] * len(content)
+        else:
+            _render_parts(tokenizer, message["content"], ids, mask)
+        ids.append(end)
+        mask.append(learned)
     return ids, mask
+
+
+def _render_parts(tokenizer: Tokenizer, parts: Sequence[Mapping[str, str]], ids: list[int], mask: list[int]) -> None:
+    """Append an assistant's parts to ``ids`` and ``mask``: text and expressions learned, outputs not."""
+    tools = tool_token_ids(tokenizer)
+    for part in parts:
+        text = tokenizer.encode_ordinary(part["text"])
+        if part["type"] == "text":
+            ids += text
+            mask += [1] * len(text)
+        elif part["type"] == "calculator":
+            ids += [tools["calculator_start"], *text, tools["calculator_end"]]
+            mask += [1] * (len(text) + 2)
+        else:  # the tool's output: read by the model, written by the calculator
+            ids += [tools["output_start"], *text, tools["output_end"]]
+            mask += [0] * (len(text) + 2)
 
 
 def render_conversation(tokenizer: Tokenizer, messages: Any,
@@ -185,7 +290,9 @@ def render_conversation(tokenizer: Tokenizer, messages: Any,
 
     ``mask[i]`` is 1 where token ``ids[i]`` is one the model should learn to
     write: the assistant's content tokens and its ``<|assistant_end|>`` (so it
-    learns to stop). Everything else is 0: the begin token, the system and user
+    learns to stop), and of an assistant's parts its text and its calculator
+    expressions with their markers. Everything else is 0: the calculator's
+    outputs (the tool writes them), the begin token, the system and user
     turns (the model must read them, not imitate them) and
     ``<|assistant_start|>`` (the prompt supplies it at chat time).
 

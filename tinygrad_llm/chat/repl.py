@@ -15,7 +15,8 @@ system message). Lines starting with ``/`` are commands:
 - ``/help``; ``/quit`` (or end of input, Ctrl-D) ends the chat.
 
 At a terminal the REPL prompts with ``you>`` and streams the reply as it is
-written; Ctrl-C stops a reply and keeps the session. When standard input is not
+written, showing each use of the calculator as ``[calculator: 47 + 85 = 132]``
+(see ``chat.calculator``); Ctrl-C stops a reply and keeps the session. When standard input is not
 a terminal it reads one message per line and writes one reply per line, so a
 script (or a test) can drive it.
 """
@@ -25,10 +26,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from tinygrad_llm.chat.assistant import GREEDY, reply
+from tinygrad_llm.chat.assistant import GREEDY, ToolRunner, reply
 from tinygrad_llm.chat.format import Message
 from tinygrad_llm.generate import PromptError, SamplingConfig
 from tinygrad_llm.model import GPT
@@ -49,22 +50,30 @@ class ChatSession:
         self.system, self.max_new_tokens = system, max_new_tokens
         self.sampling, self.seed = sampling or GREEDY, seed
         self.turns: list[Message] = []
+        self.calculator_calls: list[tuple[str, str]] = []  # the last reply's (expression, output) pairs
 
     @property
     def messages(self) -> list[Message]:
         """The whole conversation so far, the system message first."""
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
 
-    def ask(self, text: str) -> Iterator[str]:
-        """Stream the reply to ``text``; the exchange joins the history once the reply is complete."""
+    def ask(self, text: str, on_call: Callable[[str, str], None] | None = None) -> Iterator[str]:
+        """Stream the reply to ``text``; the exchange joins the history once the reply is complete.
+
+        ``on_call`` sees each calculator call (expression, output) as it happens.
+        """
         question: Message = {"role": "user", "content": text}
         seed = None if self.seed is None else self.seed + len(self.turns)  # a new draw for every reply
         pieces = []
+        tools = ToolRunner(self.tokenizer, on_call)
         for piece in reply(self.model, self.tokenizer, self.messages + [question], self.max_new_tokens,
-                           self.sampling, seed):
+                           self.sampling, seed, tools=tools):
             pieces.append(piece)
             yield piece
-        self.turns += [question, {"role": "assistant", "content": "".join(pieces)}]
+        # A reply that used the calculator is kept as parts, so the next prompt shows the model what it did.
+        content = tools.parts() or "".join(pieces)
+        self.turns += [question, {"role": "assistant", "content": content}]
+        self.calculator_calls = tools.calls
 
     def reset(self) -> None:
         self.turns = []
@@ -126,8 +135,11 @@ def run_repl(session: ChatSession, stdin: TextIO | None = None, stdout: TextIO |
             continue
         if interactive:
             print("assistant> ", end="", file=stdout, flush=True)
+        def show(expression: str, output: str) -> None:  # at a terminal, the calculator's work is shown
+            stdout.write(f"[calculator: {expression} = {output}] ")
+
         try:
-            for piece in session.ask(text):
+            for piece in session.ask(text, show if interactive else None):
                 stdout.write(piece)
                 stdout.flush()
         except PromptError as exc:

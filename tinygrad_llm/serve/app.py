@@ -10,6 +10,9 @@ Routes:
 - ``POST /v1/chat/completions``: the assistant's reply to ``messages``,
   rendered in the chat format (``chat.format.render_prompt``, the very
   function fine-tuning trained on); a model without the chat tokens gets a 400;
+  a model tuned with the calculator uses it here as in the chat
+  (``chat.assistant.ToolRunner``: the server works the expression out and the
+  model reads the result), and the response holds the reply's text only;
 - both with ``"stream": true`` as server-sent events, one ``data: {chunk}``
   per piece of text in OpenAI's chunk format, then ``data: [DONE]``;
 - ``GET /health``; ``GET /`` the chat page (``serve.page``).
@@ -50,7 +53,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tinygrad_llm.chat.format import ChatFormatError, chat_marker_ids, has_chat_tokens, render_prompt
+from tinygrad_llm.chat.assistant import ToolRunner
+from tinygrad_llm.chat.format import ChatFormatError, chat_marker_ids, has_chat_tokens, has_tool_tokens, render_prompt
 from tinygrad_llm.generate import SamplingConfig, TextStream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.serve.api import APIError, CompletionRequest, error_body, parse_chat, parse_completion
@@ -121,6 +125,7 @@ class Engine:
         self.decoder = BatchDecoder(self.model, max_batch)
         self.context = model.config.block_size
         self.chat = has_chat_tokens(tokenizer)
+        self.calculator = self.chat and has_tool_tokens(tokenizer)  # a chat reply may use it (chat.calculator)
         ends = {tokenizer.eot_token}
         if self.chat:
             ends |= set(chat_marker_ids(tokenizer))
@@ -167,13 +172,20 @@ class Engine:
         tokens: asyncio.Queue = asyncio.Queue()
         sampling = SamplingConfig(temperature=request.temperature, top_p=request.top_p)
         seed = None if request.seed is None else (request.seed + index) % 2 ** 64
+        tools = ToolRunner(self.tokenizer) if self.calculator and request.messages is not None else None
         cancel = self.decoder.submit_callback(ids, request.max_tokens or 1, sampling, seed, self.stop_ids,
-                                              lambda item: mailbox.post(tokens, item))
+                                              lambda item: mailbox.post(tokens, item),
+                                              tools.respond if tools is not None else None)
         text = TextStream(self.tokenizer, request.stop, self.stop_ids, record)
         try:
             while (item := await tokens.get()) is not END:
                 if isinstance(item, BaseException):
                     raise item
+                if tools is not None and not tools.shows(item):  # the calculator's expression: not the reply's text
+                    record.append(item)
+                    if item in self.stop_ids:
+                        break
+                    continue
                 if piece := text.push(item):
                     yield piece
                 if text.done:  # a stop id or a stop string: the rest is not wanted

@@ -65,16 +65,29 @@ class _Sequence:
     rng: np.random.Generator
     stop_ids: frozenset[int]
     deliver: Callable[[object], None]          # called on the decoder thread: each token, then END or an error
+    context: int                               # the model's context: the most tokens a row of the cache holds
+    respond: Callable[[int], Sequence[int]] | None = None  # a tool's hook (see generate_tokens)
     cancelled: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     last: int = -1
+    inserted: list[int] = field(default_factory=list)  # a tool's tokens, read in the next pass after ``last``
+    length: int = 0                            # tokens in the sequence so far: prompt, produced and inserted
 
     def emit(self, token: int) -> bool:
-        """Hand ``token`` to the request; True if the sequence goes on."""
+        """Hand ``token`` to the request; True if the sequence goes on.
+
+        A tool's tokens after it (``respond``) are read in the next pass with
+        it; a sequence they would take past the context ends there.
+        """
         self.deliver(token)
         self.produced += 1
         self.last = token
-        return token not in self.stop_ids and self.produced < self.max_new_tokens and not self.cancelled.is_set()
+        self.length += 1
+        if token in self.stop_ids or self.produced >= self.max_new_tokens or self.cancelled.is_set():
+            return False
+        self.inserted = list(self.respond(token)) if self.respond is not None else []
+        self.length += len(self.inserted)
+        return self.length <= self.context  # room in the cache for the pass that reads them
 
 
 class BatchDecoder:
@@ -92,14 +105,19 @@ class BatchDecoder:
         self.packed_prompts = 0       # prompts read inside a decode pass (the rest had a pass of their own)
 
     def submit(self, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, seed: int | None,
-               stop_ids: Sequence[int] = ()) -> Iterator[int]:
-        """The tokens of one request, as the decoder writes them; closing the iterator withdraws the request."""
+               stop_ids: Sequence[int] = (), respond: Callable[[int], Sequence[int]] | None = None) -> Iterator[int]:
+        """The tokens of one request, as the decoder writes them; closing the iterator withdraws the request.
+
+        ``respond`` is a tool's hook, as in ``generate_tokens``: the tokens it
+        returns after a token are read in the next pass, not delivered.
+        """
         out: queue.Queue = queue.Queue()
-        cancel = self.submit_callback(prompt, max_new_tokens, sampling, seed, stop_ids, out.put)
+        cancel = self.submit_callback(prompt, max_new_tokens, sampling, seed, stop_ids, out.put, respond)
         return self._tokens(out, cancel)
 
     def submit_callback(self, prompt: Sequence[int], max_new_tokens: int, sampling: SamplingConfig, seed: int | None,
-                        stop_ids: Sequence[int], deliver: Callable[[object], None]) -> Callable[[], None]:
+                        stop_ids: Sequence[int], deliver: Callable[[object], None],
+                        respond: Callable[[int], Sequence[int]] | None = None) -> Callable[[], None]:
         """Like :meth:`submit`, but each token is passed to ``deliver`` on the decoder's thread, then ``END``
         (or the exception that stopped the decoder); returns the function that withdraws the request.
 
@@ -113,7 +131,7 @@ class BatchDecoder:
             raise PromptError(f"the prompt has {len(prompt)} tokens and {max_new_tokens} more were asked for; "
                               f"the model's context is {context}")
         sequence = _Sequence(list(prompt), max_new_tokens, sampling, np.random.default_rng(seed), frozenset(stop_ids),
-                             deliver)
+                             deliver, context, respond, length=len(prompt))
         with self._wake:
             self._waiting.append(sequence)
             if self._thread is None:
@@ -171,8 +189,8 @@ class BatchDecoder:
     def _packable(self, running: list[_Sequence], admitted: list[_Sequence]) -> bool:
         """Whether the admitted prompts can ride in the decode pass: the keys and values each packed token
         gathers (its sequence's, up to the longest sequence after the pass) stay within ``pack_bytes``."""
-        tokens = len(running) + sum(len(s.prompt) for s in admitted)
-        longest = max(len(s.prompt) + s.produced for s in running + admitted)
+        tokens = sum(1 + len(s.inserted) for s in running) + sum(len(s.prompt) for s in admitted)
+        longest = max(s.length for s in running + admitted)
         c = self.model.config
         per_position = 2 * self.model.h[0].attn.n_kv_head * c.head_dim * self.model.ln_f.weight.dtype.itemsize
         return tokens * longest * per_position <= self.pack_bytes
@@ -203,11 +221,14 @@ class BatchDecoder:
         sequences = running + admitted
         self.largest_batch = max(self.largest_batch, len(sequences))
         self.packed_prompts += len(admitted)
-        pieces = [[s.last] for s in running] + [s.prompt for s in admitted]
+        pieces = [[s.last, *s.inserted] for s in running] + [s.prompt for s in admitted]
+        for sequence in running:
+            sequence.inserted = []
         ids = np.concatenate(pieces).astype(np.int64)[:, None]  # (N, 1): one token per row
-        if admitted:  # empty rows for the newcomers, after the running ones, then every new token packed
-            rows = self.model.make_caches(len(admitted), ragged=True)
-            caches = rows if caches is None else self._joined(caches, rows)
+        if admitted or len(ids) > len(running):  # new prompts or a tool's tokens: every new token packed
+            if admitted:  # empty rows for the newcomers, after the running ones
+                rows = self.model.make_caches(len(admitted), ragged=True)
+                caches = rows if caches is None else self._joined(caches, rows)
             counts = np.array([len(piece) for piece in pieces])
             packed = [PackedKVCache(cache, counts) for cache in caches]
             logits, _ = self.model(ids, caches=packed, logits_rows=np.cumsum(counts) - 1)  # each one's last token
