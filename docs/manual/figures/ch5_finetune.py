@@ -3,7 +3,8 @@
 Reads ``benchmarks/results/finetune_7m.json`` (five minutes of ``tinygrad-llm finetune`` on the main job's model as
 it was before issue 20, the 4.2M-parameter ``main_job_7m.json`` run; ``finetune.json`` holds the same on today's
 model), full and LoRA rank 8, scored on held-out data) and ``benchmarks/results/finetune_step.json`` (one step, full
-vs LoRA, ours vs PyTorch). Regenerates the 500 held-out questions the benchmark scored
+vs LoRA, ours vs PyTorch), and for the calculator's table ``finetune_engine18.json`` (direct answers) and
+``finetune_engine18_calculator.json`` (the calculator) on one base model. Regenerates the 500 held-out questions the benchmark scored
 (``chat.data.generated_items``, the same seed, a pure function) to count the questions per task family, and encodes
 the benchmark's example questions and answers with the main job's tokenizer (``runs/small/tokenizer.txt``) to show
 how numbers are split.
@@ -101,15 +102,42 @@ def main() -> None:
     _common.write_table("ch5_finetune_tokens.md", ["question", "expected, as tokens", "full", "LoRA"], trows,
                         align="llll")
 
+    calculator = calculator_table(counts)
+
     _common.record(__file__, {
+        "calculator": calculator,
         "questions_per_family": dict(counts),
         "exact_match": {k: results[k]["instructions_exact_match"] for k in ("base", "full", "lora")},
         "ratios": step["ratios"], "lora_over_full_seconds_per_step_finetune_json":
             results["lora"]["run"]["seconds_per_step_median"] / results["full"]["run"]["seconds_per_step_median"],
         "base_chatterbot": base["chatterbot_val_loss"],
     }, sources=["benchmarks/results/finetune_7m.json", "benchmarks/results/finetune_step.json",
+                "benchmarks/results/finetune_engine18.json", "benchmarks/results/finetune_engine18_calculator.json",
                 "tinygrad_llm/chat/data.py generated_items", "runs/small/tokenizer.txt"])
     print(dict(counts))
+
+
+def calculator_table(counts: Counter) -> dict:
+    """``ch5_calculator.md``: exact match per group of tasks on one base model, answering directly
+    (``finetune_engine18.json``) and through the calculator (``finetune_engine18_calculator.json``)."""
+    direct, tool = load("finetune_engine18.json")["results"], load("finetune_engine18_calculator.json")["results"]
+
+    def share(results: dict, families: list[str]) -> float:
+        by_family = results["instructions_by_family"]
+        return sum(by_family[f] * counts[f] for f in families) / sum(counts[f] for f in families)
+
+    rows, numbers = [], {}
+    for group, tasks in [*GROUPS.items(), ("all", tuple(t for ts in GROUPS.values() for t in ts))]:
+        families = [t.family for t in tasks if t.family in counts]
+        cells = [share(direct["full"], families), share(tool["full"], families), share(tool["lora"], families)]
+        numbers[group] = cells
+        label = "all" if group == "all" else f"{group} ({', '.join(map(family_label, families[:3]))}, ...)"
+        rows.append([label, str(sum(counts[f] for f in families)), *(f"{100 * c:.1f}%" for c in cells)])
+    steps = [str(r["run"]["steps"]) for r in (direct["full"], tool["full"], tool["lora"])]
+    rows.append(["optimizer steps in 5 minutes", "", *steps])
+    _common.write_table("ch5_calculator.md", ["held-out questions", "n", "full, direct answers",
+                                              "full, with the calculator", "LoRA, with the calculator"], rows)
+    return numbers
 
 
 if __name__ == "__main__":
