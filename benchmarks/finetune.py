@@ -7,7 +7,8 @@ Runs, from the base run (default ``runs/small``, what ``make train`` writes):
   (a run that already finished there is reused);
 - for the base model (given the chat tokens, as fine-tuning starts), the full
   and the LoRA model: exact match (greedy) on held-out generated instructions,
-  with the accuracy per task family; the loss on the answers of the held-out
+  with the accuracy per task family, and on the same questions asked five at
+  a time in one chat (each answer with the earlier exchanges in its history); the loss on the answers of the held-out
   chatterbot conversations and docstring-to-function pairs; and HumanEval's
   canonical-solution bits per byte (how well each predicts the 164 reference
   solutions given their prompts);
@@ -105,6 +106,7 @@ def main() -> None:
     write_json(args.out, document)
     table = [("", "base", "full", "LoRA")]
     for key, label in (("instructions_exact_match", "exact match, held-out instructions"),
+                       ("instructions_exact_match_in_chat", "the same, five at a time in one chat"),
                        ("chatterbot_val_loss", "answer loss, held-out chatterbot"),
                        ("docstrings_val_loss", "answer loss, held-out docstring pairs"),
                        ("humaneval_canonical_bits_per_byte", "HumanEval canonical bits/byte")):

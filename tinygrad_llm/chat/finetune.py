@@ -327,6 +327,10 @@ def held_out_scores(model: GPT, tokenizer: Tokenizer, instructions: int = 200, s
     - ``instructions_exact_match``: greedy answers to ``instructions`` held-out
       generated instructions, exact match (``data.exact_match``), with the
       accuracy per task family;
+    - ``instructions_exact_match_in_chat``: the same questions asked five at a
+      time in one chat (``repl.ChatSession``, greedy), each answered with the
+      earlier ones and the model's own replies in its history, as a user of
+      ``tinygrad-llm chat`` asks them;
     - ``chatterbot_val_loss`` and ``docstrings_val_loss``: the mean loss over the
       answer tokens of the held-out chatterbot conversations and
       docstring-to-function pairs (``masked_loss``).
@@ -336,9 +340,15 @@ def held_out_scores(model: GPT, tokenizer: Tokenizer, instructions: int = 200, s
     """
     from tinygrad_llm.chat import data
     from tinygrad_llm.chat.assistant import exact_match_accuracy
+    from tinygrad_llm.chat.repl import ChatSession
 
     items = data.generated_items("test", instructions, seed)
     accuracy, records = exact_match_accuracy(model, tokenizer, [item.messages() for item in items])
+    in_chat = []
+    for start in range(0, len(items), 5):
+        session = ChatSession(model, tokenizer)
+        for item in items[start:start + 5]:
+            in_chat.append(data.exact_match("".join(session.ask(item.question)), item.answer))
     families: dict[str, list[int]] = {}
     for item, record in zip(items, records, strict=True):
         tally = families.setdefault(item.family, [0, 0])
@@ -348,6 +358,7 @@ def held_out_scores(model: GPT, tokenizer: Tokenizer, instructions: int = 200, s
     losses = {name: masked_loss(model, render_all(tokenizer, source("test"), block + 1), batch_size, pad)["val_loss"]
               for name, source in (("chatterbot", data.chatterbot_conversations), ("docstrings", data.docstring_pairs))}
     return {"instructions": len(items), "instructions_exact_match": accuracy,
+            "instructions_exact_match_in_chat": sum(in_chat) / len(in_chat),
             "instructions_by_family": {k: v[0] / v[1] for k, v in sorted(families.items())},
             "chatterbot_val_loss": losses["chatterbot"], "docstrings_val_loss": losses["docstrings"],
             "examples": records[:5]}
