@@ -93,7 +93,9 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
     ``respond``, when given, sees each sampled token and may return tokens to
     insert after it (a tool's output: the chat's calculator): the model reads
     them next, as if they were in the prompt; they are not yielded (the model
-    did not write them) and do not count against ``max_new_tokens``.
+    did not write them) and do not count against ``max_new_tokens``. It is not
+    called after the last token, and tokens that would not fit in the context
+    end the generation (sliding past them would drop the prompt's beginning).
     """
     context = model.config.block_size
     if not prompt:
@@ -108,7 +110,7 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
         with nn.no_grad():
             caches = model.make_caches(1)
             pending = tokens  # tokens not yet in the cache
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 if caches[0].length + len(pending) > context:  # slide: keep the last half-context
                     for cache in caches:
                         cache.reset()
@@ -125,7 +127,9 @@ def generate_tokens(model: GPT, prompt: Sequence[int], max_new_tokens: int, samp
                 yield token
                 if token in stop_ids:
                     return
-                if respond is not None and (inserted := list(respond(token))):
+                if respond is not None and step < max_new_tokens - 1 and (inserted := list(respond(token))):
+                    if caches[0].length + len(pending) + len(inserted) > context:
+                        return
                     tokens += inserted
                     pending += inserted
     finally:

@@ -208,7 +208,18 @@ def test_inserted_tokens_are_read_as_if_they_were_in_the_prompt(pos):
     assert generated[0] == first and len(generated) == 3  # the inserted tokens are read, not yielded
     assert generated[1:] == list(generate_tokens(model, [1, 2, first, 5, 6, 7], 2, greedy))
     assert generated[1:] != list(generate_tokens(model, [1, 2, first], 2, greedy))  # (they made a difference)
-    assert calls == generated  # the hook sees every sampled token
+    assert calls == generated[:-1]  # the hook sees every sampled token but the last
+
+
+def test_a_tool_is_not_asked_after_the_last_token_and_an_answer_that_does_not_fit_ends_generation():
+    model = random_model("rope", seed=3)
+    greedy = SamplingConfig(temperature=0.0)
+    seen = []
+    generated = list(generate_tokens(model, [1, 2], 2, greedy, respond=lambda t: seen.append(t) or []))
+    assert seen == generated[:1]  # the last token's answer could never be read
+    prompt = [1, 2, 3, 4, 5]  # context 8: 5 + 1 + 3 inserted = 9 do not fit
+    cut = list(generate_tokens(model, prompt, 3, greedy, respond=lambda t: [7, 7, 7]))
+    assert cut == list(generate_tokens(model, prompt, 1, greedy))
 
 
 @pytest.mark.parametrize(("prompt", "message"), [([], "empty"), (list(range(BLOCK + 1)), "context is 8")])

@@ -245,14 +245,19 @@ def wired_model(tokenizer, transitions: dict[int, int]):
     return model
 
 
+def calculator_script(tokenizer) -> dict[int, int]:
+    """Transitions for wired_model: <|calculator_start|> 6 * 7 <|calculator_end|>, then 4 2 <|assistant_end|>."""
+    special, char = tokenizer.special_tokens, lambda c: tokenizer.encode_ordinary(c)[0]
+    return {special["<|assistant_start|>"]: special["<|calculator_start|>"],
+            special["<|calculator_start|>"]: char("6"), char("6"): char("*"), char("*"): char("7"),
+            char("7"): special["<|calculator_end|>"],
+            special["<|output_end|>"]: char("4"), char("4"): char("2"), char("2"): special["<|assistant_end|>"]}
+
+
 def test_a_chat_reply_uses_the_calculator_and_returns_only_its_text(chat_model):
     tokenizer = chat_model[1]
-    special, char = tokenizer.special_tokens, lambda c: tokenizer.encode_ordinary(c)[0]
-    script = {special["<|assistant_start|>"]: special["<|calculator_start|>"],
-              special["<|calculator_start|>"]: char("6"), char("6"): char("*"), char("*"): char("7"),
-              char("7"): special["<|calculator_end|>"],
-              special["<|output_end|>"]: char("4"), char("4"): char("2"), char("2"): special["<|assistant_end|>"]}
-    model = wired_model(tokenizer, script)
+    special = tokenizer.special_tokens
+    model = wired_model(tokenizer, calculator_script(tokenizer))
     for port in start(create_app(model, tokenizer, NAME)):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         messages = [{"role": "user", "content": "What is 6 * 7?"}]
@@ -267,3 +272,21 @@ def test_a_chat_reply_uses_the_calculator_and_returns_only_its_text(chat_model):
               special["<|output_end|>"]]
     fed = model.fed
     assert any(fed[i:i + len(answer)] == answer for i in range(len(fed)))
+
+
+def test_a_reply_whose_calculator_output_does_not_fit_ends_with_length(chat_model):
+    from tinygrad_llm.chat.format import render_prompt
+
+    tokenizer = chat_model[1]
+    model = wired_model(tokenizer, calculator_script(tokenizer))
+    content = "What is 6 * 7?"
+    while len(render_prompt(tokenizer, [{"role": "user", "content": content}])) < 56:
+        content += " fox"
+    messages = [{"role": "user", "content": content}]
+    assert len(render_prompt(tokenizer, messages)) == 56  # 56 + 5 written + 4 fed = 65: past the context of 64
+    for port in start(create_app(model, tokenizer, NAME)):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        whole = client.chat.completions.create(model=NAME, messages=messages)
+        assert client.models.list().data[0].id == NAME  # still serving
+    assert whole.choices[0].finish_reason == "length" and whole.choices[0].message.content == ""
+    assert whole.usage.completion_tokens == 5

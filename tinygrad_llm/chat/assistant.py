@@ -87,6 +87,7 @@ class ToolRunner:
         self.tokenizer, self.on_call = tokenizer, on_call
         self.ids = tool_token_ids(tokenizer) if has_tool_tokens(tokenizer) else None
         self.calls: list[tuple[str, str]] = []
+        self.inserted = 0                            # tokens fed to the model by respond(), in all
         self._expression: list[int] | None = None   # the expression's tokens, while the model writes one
         self._hidden = False                         # inside an expression, for shows()
         self._segments: list[tuple[str, list[int]]] = []  # ("text", ids) and ("calculator", []), in order
@@ -107,6 +108,9 @@ class ToolRunner:
                 output = calculate(expression)
             except CalculatorError as exc:
                 output = f"error: {exc}"
+            except Exception:  # (a bug of the calculator's: never let it end the reply, or the server's batch)
+                output = "error: the calculator failed"
+            self.inserted += 2 + len(self.tokenizer.encode_ordinary(output))
             self.calls.append((expression, output))
             if self.on_call is not None:
                 self.on_call(expression, output)

@@ -94,13 +94,16 @@ def calculate(expression: str) -> str:
         result = str(_value(tree.body))
         if len(result) > LIMITS["result_chars"]:
             raise CalculatorError(f"a result longer than {LIMITS['result_chars']} characters")
+        result.encode("utf-8")  # a lone surrogate (chr(55296)) is not text a terminal or a file can take
         return result
     except CalculatorError:
         raise
     except ZeroDivisionError:
         raise CalculatorError("division by zero") from None
-    except OverflowError:
+    except (OverflowError, MemoryError):
         raise CalculatorError("a number too large") from None
+    except UnicodeEncodeError:
+        raise CalculatorError("a result that is not text (a lone surrogate)") from None
     except (TypeError, ValueError, IndexError, RecursionError) as exc:
         raise CalculatorError(" ".join(str(exc).split()) or type(exc).__name__) from None
 
@@ -109,15 +112,36 @@ def _bounded(value: Any) -> Any:
     """``value`` if it is within :data:`LIMITS`, else a CalculatorError."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, complex):
+        raise CalculatorError("a complex number")
     if isinstance(value, int) and value.bit_length() > 3 * LIMITS["integer_digits"] \
             and len(str(abs(value))) > LIMITS["integer_digits"]:  # (a number of 3n bits has fewer than n + 1 digits)
         raise CalculatorError(f"a number with more than {LIMITS['integer_digits']} digits")
-    if isinstance(value, (str, list, tuple)) and len(value) > LIMITS["length"]:
-        raise CalculatorError(f"a value longer than {LIMITS['length']}")
     if isinstance(value, (list, tuple)):
         for item in value:
             _bounded(item)
+    _size(value)
     return value
+
+
+def _size(value: Any) -> int:
+    """How many items and characters ``value`` holds, nested lists counted in full; a CalculatorError past the limit.
+
+    The walk stops as soon as the count passes the limit, so it costs at most
+    that many steps however large the value (``[[1] * 10000] * 10000`` holds
+    the same inner list 10,000 times: 100,010,000 items).
+    """
+    if not isinstance(value, (str, list, tuple)):
+        return 1
+    total = len(value)
+    if total <= LIMITS["length"] and not isinstance(value, str):
+        for item in value:
+            total += _size(item) - 1 if isinstance(item, (str, list, tuple)) else 0
+            if total > LIMITS["length"]:
+                break
+    if total > LIMITS["length"]:
+        raise CalculatorError(f"a value longer than {LIMITS['length']}")
+    return total
 
 
 def _value(node: ast.AST) -> Any:
@@ -147,6 +171,12 @@ def _value(node: ast.AST) -> Any:
             raise CalculatorError(f"factorial of more than {LIMITS['factorial']}")
         if function is pow and len(args) == 2:
             _check_size(ast.Pow(), *args)
+        if function is round and len(args) == 2 and isinstance(args[1], int) \
+                and abs(args[1]) > LIMITS["integer_digits"]:
+            raise CalculatorError(f"rounding to more than {LIMITS['integer_digits']} digits")
+        if function is sum and args and any(not isinstance(item, (int, float)) or isinstance(item, bool)
+                                            for item in (args[0] if isinstance(args[0], (list, tuple)) else ())):
+            raise CalculatorError("sum adds numbers only")
         return _bounded(function(*args))
     raise CalculatorError(f"the calculator does not read {type(node).__name__} ({ast.unparse(node)[:40]})")
 
@@ -189,5 +219,7 @@ def _check_size(op: ast.operator, left: Any, right: Any) -> None:
     if isinstance(op, ast.Mult):
         for sequence, count in ((left, right), (right, left)):
             if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) \
-                    and len(sequence) * count > LIMITS["length"]:
+                    and _size(sequence) * count > LIMITS["length"]:
                 raise CalculatorError(f"a value longer than {LIMITS['length']}")
+    if isinstance(op, ast.Mod) and isinstance(left, str):
+        raise CalculatorError("the calculator does not format strings with %")

@@ -108,6 +108,13 @@ class Mailbox:
             queue.put_nowait(item)
 
 
+class Record(list):
+    """The token ids a choice's model wrote (for the usage counts and the finish reason), and ``inserted``: how
+    many tokens the calculator fed it besides."""
+
+    inserted = 0
+
+
 @dataclass
 class Choice:
     """One generated text and why it ended: ``stop`` (an end token or stop string) or ``length``."""
@@ -156,7 +163,7 @@ class Engine:
         return ids
 
     async def stream(self, ids: list[int], request: CompletionRequest, index: int,
-                     record: list[int]) -> AsyncIterator[str]:
+                     record: Record) -> AsyncIterator[str]:
         """Choice ``index``'s text, piece by piece, as the shared batch decodes it.
 
         The decoder's thread puts each token straight into this event loop's
@@ -194,19 +201,22 @@ class Engine:
                 yield tail
         finally:
             cancel()
+            record.inserted = tools.inserted if tools is not None else 0
 
     async def complete(self, ids: list[int], request: CompletionRequest, index: int) -> Choice:
         """Choice ``index`` whole, with its finish reason."""
-        record: list[int] = []
+        record = Record()
         text = "".join([piece async for piece in self.stream(ids, request, index, record)])
-        return Choice(text, *self.finish(record, request))
+        return Choice(text, *self.finish(record, request, len(ids)))
 
-    def finish(self, record: list[int], request: CompletionRequest) -> tuple[str, int]:
-        """Why a choice ended, and how many tokens it has: ``length`` when it used all of ``max_tokens``
-        without an end token, else ``stop`` (an end token, or a stop string); the end token is not counted."""
+    def finish(self, record: Record, request: CompletionRequest, prompt_tokens: int) -> tuple[str, int]:
+        """Why a choice ended, and how many tokens it has: ``length`` when it used all of ``max_tokens``, or all
+        of the context (the calculator's output takes room too), without an end token, else ``stop`` (an end
+        token, or a stop string); the end token is not counted, nor what the calculator fed the model."""
         ended = bool(record) and record[-1] in self.stop_ids
         tokens = len(record) - ended
-        return ("length" if not ended and len(record) >= (request.max_tokens or 0) else "stop"), tokens
+        full = prompt_tokens + len(record) + record.inserted > self.context
+        return ("length" if not ended and (len(record) >= (request.max_tokens or 0) or full) else "stop"), tokens
 
 
 def _error(exc: APIError) -> JSONResponse:
@@ -336,7 +346,7 @@ async def _events(engine: Engine, ids: list[int], request: CompletionRequest, id
     """
     completion_tokens = 0
     for index in range(request.n):
-        record: list[int] = []
+        record = Record()
         if chat:
             yield _chunk(ident, engine, chat, index, None, None, first=True)
         pieces = engine.stream(ids, request, index, record)
@@ -345,7 +355,7 @@ async def _events(engine: Engine, ids: list[int], request: CompletionRequest, id
                 yield _chunk(ident, engine, chat, index, piece, None)
         finally:
             await pieces.aclose()
-        finish, tokens = engine.finish(record, request)
+        finish, tokens = engine.finish(record, request, len(ids))
         completion_tokens += tokens
         yield _chunk(ident, engine, chat, index, None, finish)
     if request.include_usage:

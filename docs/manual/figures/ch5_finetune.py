@@ -6,9 +6,8 @@ model), full and LoRA rank 8, scored on held-out data) and ``benchmarks/results/
 vs LoRA, ours vs PyTorch), and for the calculator's table ``finetune_engine18.json`` (direct answers) and
 ``finetune_engine18_calculator.json`` (the calculator) on one base model. Regenerates the 500 held-out questions
 the benchmark scored (``chat.data.generated_items``, the same seed, a pure function) to count the questions per task
-family, and encodes
-the benchmark's example questions and answers with the main job's tokenizer (``runs/small/tokenizer.txt``) to show
-how numbers are split.
+family, and encodes the benchmark's example questions and answers with the main job's tokenizer
+(``runs/small/tokenizer.txt``) to show how numbers are split.
 
     .venv/bin/python docs/manual/figures/ch5_finetune.py
 """
