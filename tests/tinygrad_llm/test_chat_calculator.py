@@ -4,7 +4,6 @@ and nothing it is handed reaches the interpreter, names or unbounded memory."""
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 
@@ -92,11 +91,9 @@ def test_every_generated_task_is_answered_exactly_by_its_expression():
     ("(-8) ** 0.5", "a complex number"),
 ])
 def test_what_it_does_not_read_or_cannot_bound_is_refused_in_one_line(expression, message):
-    started = time.perf_counter()
     with pytest.raises(CalculatorError, match=message) as caught:
         calculate(expression)
     assert "\n" not in str(caught.value)
-    assert time.perf_counter() - started < 30  # (a guard against a hang, not a speed claim)
 
 
 def test_a_malformed_number_is_refused_without_a_warning_on_stderr(capfd):
