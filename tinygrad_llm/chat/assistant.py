@@ -110,11 +110,12 @@ class ToolRunner:
                 output = f"error: {exc}"
             except Exception:  # (a bug of the calculator's: never let it end the reply, or the server's batch)
                 output = "error: the calculator failed"
-            self.inserted += 2 + len(self.tokenizer.encode_ordinary(output))
             self.calls.append((expression, output))
             if self.on_call is not None:
                 self.on_call(expression, output)
-            return [self.ids["output_start"], *self.tokenizer.encode_ordinary(output), self.ids["output_end"]]
+            fed = [self.ids["output_start"], *self.tokenizer.encode_ordinary(output), self.ids["output_end"]]
+            self.inserted += len(fed)
+            return fed
         return []
 
     def shows(self, token: int) -> bool:

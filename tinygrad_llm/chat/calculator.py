@@ -110,35 +110,33 @@ def calculate(expression: str) -> str:
 
 def _bounded(value: Any) -> Any:
     """``value`` if it is within :data:`LIMITS`, else a CalculatorError."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, complex):
-        raise CalculatorError("a complex number")
-    if isinstance(value, int) and value.bit_length() > 3 * LIMITS["integer_digits"] \
-            and len(str(abs(value))) > LIMITS["integer_digits"]:  # (a number of 3n bits has fewer than n + 1 digits)
-        raise CalculatorError(f"a number with more than {LIMITS['integer_digits']} digits")
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _bounded(item)
     _size(value)
     return value
 
 
 def _size(value: Any) -> int:
-    """How many items and characters ``value`` holds, nested lists counted in full; a CalculatorError past the limit.
+    """How many items and characters ``value`` holds, nested lists counted in full, checking every number's digits
+    on the way; a CalculatorError past a limit.
 
     The walk stops as soon as the count passes the limit, so it costs at most
     that many steps however large the value (``[[1] * 10000] * 10000`` holds
-    the same inner list 10,000 times: 100,010,000 items).
+    the same inner list 10,000 times: 100,000,000 items).
     """
-    if not isinstance(value, (str, list, tuple)):
-        return 1
-    total = len(value)
-    if total <= LIMITS["length"] and not isinstance(value, str):
+    if isinstance(value, complex):
+        raise CalculatorError("a complex number")
+    if isinstance(value, int) and value.bit_length() > 3 * LIMITS["integer_digits"] \
+            and len(str(abs(value))) > LIMITS["integer_digits"]:  # (a number of 3n bits has fewer than n + 1 digits)
+        raise CalculatorError(f"a number with more than {LIMITS['integer_digits']} digits")
+    if isinstance(value, str):
+        total = len(value)
+    elif isinstance(value, (list, tuple)):
+        total = 0
         for item in value:
-            total += _size(item) - 1 if isinstance(item, (str, list, tuple)) else 0
+            total += _size(item)
             if total > LIMITS["length"]:
                 break
+    else:
+        return 1
     if total > LIMITS["length"]:
         raise CalculatorError(f"a value longer than {LIMITS['length']}")
     return total

@@ -50,7 +50,6 @@ class ChatSession:
         self.system, self.max_new_tokens = system, max_new_tokens
         self.sampling, self.seed = sampling or GREEDY, seed
         self.turns: list[Message] = []
-        self.calculator_calls: list[tuple[str, str]] = []  # the last reply's (expression, output) pairs
 
     @property
     def messages(self) -> list[Message]:
@@ -73,7 +72,6 @@ class ChatSession:
         # A reply that used the calculator is kept as parts, so the next prompt shows the model what it did.
         content = tools.parts() or "".join(pieces)
         self.turns += [question, {"role": "assistant", "content": content}]
-        self.calculator_calls = tools.calls
 
     def reset(self) -> None:
         self.turns = []
