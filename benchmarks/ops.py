@@ -18,7 +18,7 @@ import os
 import sys
 from datetime import UTC
 
-from harness import THREAD_VARS, write_json
+from harness import THREAD_VARS, cpu_model, write_json
 
 
 def _set_threads_before_numpy_loads(threads: int) -> None:
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import nn
     import nn.functional as F
+    from nn.attention import apply_rope, rope_tables
 
     torch.set_num_threads(args.threads)
     B, T, C, H, V = 8, 256, 384, 6, 8192
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Each case: arrays (float ones are differentiated), ours(*tensors), theirs(*tensors).
     ids = rng.integers(0, V, size=(B, T))
+    half = C // H // 2
+    cos_np, sin_np = rope_tables(C // H, T)
+    cos, sin, cos_t, sin_t = nn.Tensor(cos_np), nn.Tensor(sin_np), torch.from_numpy(cos_np), torch.from_numpy(sin_np)
     targets = rng.integers(0, V, size=(B * T,))
     cases = {
         "softmax (B,H,T,T)": ([randn(B, H, T, T)], lambda x: F.softmax(x, -1), lambda x: TF.softmax(x, -1)),
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         "gelu exact (B,T,4C)": ([randn(B, T, 4 * C)], lambda x: F.gelu(x), lambda x: TF.gelu(x)),
         "embedding (V,C)[B,T]": ([randn(V, C)], lambda w: F.embedding(ids, w),
                                  lambda w: TF.embedding(torch.from_numpy(ids), w)),
+        "rotary (B,H,T,C/H)": ([randn(B, H, T, C // H)], lambda x: apply_rope(x, cos, sin),
+                               lambda x: x * cos_t + torch.cat([-x[..., half:], x[..., :half]], -1) * sin_t),
         "attention causal (B,H,T,C/H)": ([randn(B, H, T, C // H) for _ in range(3)],
                                          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                                          lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True)),
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "ops: forward+backward per op, ours vs PyTorch CPU",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"cpu": cpu_model(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "threads": args.threads},
         "versions": {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__},
         "shapes": {"B": B, "T": T, "C": C, "H": H, "V": V, "dtype": "float32"},

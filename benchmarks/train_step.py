@@ -475,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="default benchmarks/results/train_step[_Nthreads].json")
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile_steps < 1:
+        parser.error("--profile-steps must be at least 1 (the report shows the profile)")
     if args.worker:
         os.environ.update({v: str(args.threads) for v in THREAD_VARS})  # before NumPy or torch is imported
         return _worker(args)

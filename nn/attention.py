@@ -19,7 +19,7 @@ from nn import backend
 from nn import functional as F
 from nn.layers import Dropout, Linear
 from nn.module import Module
-from nn.ops.shape import cat
+from nn.ops import nn as nn_ops
 from nn.tensor import Tensor
 
 __all__ = ["CausalSelfAttention", "KVCache", "RaggedKVCache", "PackedKVCache", "rope_tables", "apply_rope", "repeat_kv"]
@@ -48,9 +48,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     rotation a query at position m and a key at position n have a dot product
     that depends on m - n only: attention sees relative positions.
     """
-    half = x.shape[-1] // 2
-    rotated = cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return nn_ops.Rotary.apply(x, cos, sin)
 
 
 def repeat_kv(x: Tensor, repeats: int) -> Tensor:

@@ -1,23 +1,52 @@
-"""Cache blocking: split work into pieces whose working set fits in the L2 cache.
+"""Cache blocking: split work into pieces about the size of one core's L2 cache.
 
 A NumPy expression such as ``a * b + c`` makes one full pass over memory per
 operator and allocates a fresh temporary for each. When the arrays are many
 megabytes, every pass goes to main memory and every new temporary costs page
-faults. Running the same steps over one ~256 KB block at a time keeps the
-block and its temporaries in cache; the Python loop costs a microsecond or
-so per step and block, which is small against the saved memory traffic.
+faults. Running the same steps over one block at a time keeps the block and
+its temporaries in cache. Each NumPy call costs a few microseconds however
+small its block, so blocks should be as large as the cache allows: one
+block the size of the L2 cache (read from Linux's sysfs; 256 KiB where it
+cannot be read). On a 2-core AMD EPYC with 1 MiB of L2 per core, 1 MiB
+blocks made a training step of the ``small`` preset 4% faster than 256 KiB
+blocks at one and two threads, and 2 or 4 MiB blocks 2-8% slower than 1 MiB
+(alternating steps in one process, medians of 20 pairs).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
 from nn.backend import xp_of
 
-BLOCK_BYTES = 256 * 1024
+
+def l2_cache_bytes(default: int = 256 * 1024, cpu_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The L2 cache of CPU 0 in bytes, as Linux's sysfs reports it, or ``default`` (other systems, odd values)."""
+    units = {"K": 1 << 10, "M": 1 << 20}
+    try:
+        for entry in sorted(os.listdir(cpu_dir)):
+            level_file = os.path.join(cpu_dir, entry, "level")
+            if not entry.startswith("index") or not os.path.exists(level_file):
+                continue
+            with open(level_file) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(cpu_dir, entry, "size")) as f:
+                text = f.read().strip()
+            number, unit = text[:-1], text[-1:].upper()
+            if unit in units and number.isdigit() and 64 << 10 <= int(number) * units[unit] <= 8 << 20:
+                return int(number) * units[unit]
+            return default
+    except OSError:
+        pass
+    return default
+
+
+BLOCK_BYTES = l2_cache_bytes()
 
 
 def blocks(xp, count: int, bytes_per_item: int) -> Iterator[slice]:

@@ -11,6 +11,12 @@ the logits and lse straight into the gradient buffer, so (N, C)
 probabilities are made once, in backward, and never kept. Rows whose target
 is ``ignore_index`` have loss 0 and gradient 0. The CUDA version is
 ``cross_entropy.cu``; CuPy arrays of float32/float16 (bfloat16 bits) go to it.
+
+``loss_and_grad`` is what the ``CrossEntropy`` op runs when a gradient will be
+wanted: it makes the loss and the gradient in the same pass over the logits,
+block by block while each block is in cache, since the exponentials are the
+same. Backward then only has to scale the gradient by the upstream one (and
+for a mean loss whose upstream gradient is 1, the usual case, not even that).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 from nn.backend import quiet_float_errors, xp_of
 from nn.kernels import cuda
 from nn.kernels.blocked import blocks, compute_dtype
+from nn.kernels.softmax import exp_shifted
 
 
 def _check_targets(targets, classes: int, ignore_index: int) -> None:
@@ -77,3 +84,46 @@ def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index: int = -
             out[~valid] = 0  # also where an ignored row's logits held inf (inf * 0 = nan)
     return dlogits.astype(logits.dtype, copy=False)
 
+
+
+def loss_and_grad(logits, targets, row_scale, smoothing: float = 0.0, want_grad: bool = True):
+    """Per-row loss (N,) and, if ``want_grad``, d(sum_i row_scale_i loss_i) / d logits (N, C), in one pass.
+
+    With label smoothing eps the target distribution is (1 - eps) onehot + eps / C, so
+
+        loss_i = lse_i - (1 - eps) x_it - eps mean_j x_ij
+        d loss_i / d x_ij = softmax_ij - (1 - eps) [j == t_i] - eps / C.
+
+    ``targets`` must all be valid class indices; a row to ignore gets
+    ``row_scale`` 0 (its gradient row is 0, even where its logits hold inf)
+    and its loss is the caller's to discard. Computed in the compute dtype.
+    """
+    xp = xp_of(logits)
+    rows, classes = logits.shape
+    dtype = compute_dtype(logits.dtype)
+    loss = xp.empty(rows, dtype=dtype)
+    grad = xp.empty((rows, classes), dtype=dtype) if want_grad else None
+    if rows == 0 or classes == 0:
+        return loss, grad
+    ones = xp.ones(classes, dtype=dtype)
+    scale = xp.broadcast_to(xp.asarray(row_scale, dtype=dtype), (rows,))
+    for s in blocks(xp, rows, classes * dtype.itemsize):
+        x = logits[s].astype(dtype, copy=False)
+        o = grad[s] if want_grad else xp.empty(x.shape, dtype=dtype)
+        shift, sums = exp_shifted(x, o, ones)
+        picked = xp.arange(x.shape[0]), targets[s]
+        with quiet_float_errors(xp):  # a row holding inf gives NaN, as torch does
+            loss[s] = (shift - x[picked]) + xp.log(sums)  # lse - x_t, the small terms added last
+            if smoothing:
+                loss[s] = (1 - smoothing) * loss[s] + smoothing * (shift + xp.log(sums) - (x @ ones) / classes)
+            if not want_grad:
+                continue
+            sc = scale[s]
+            o *= (sc / sums)[:, None]  # softmax, scaled
+            o[picked] -= (1 - smoothing) * sc
+            if smoothing:
+                o -= (smoothing / classes * sc)[:, None]
+            ignored = sc == 0
+            if ignored.any():
+                o[ignored] = 0
+    return loss, grad

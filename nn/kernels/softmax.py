@@ -14,13 +14,37 @@ own max. Row sums are matrix-vector products with ones (BLAS).
 
 from __future__ import annotations
 
-from nn.backend import xp_of
+from nn.backend import quiet_float_errors, xp_of
 from nn.kernels.blocked import blocks, compute_dtype
 
 TINY_ROW_SUM = 1e-9
 """Rows whose sum of exp(x - c) falls below this (their max is more than ~20 below the block's) are redone.
 
 Then no row's entries underflow much earlier than with the row's own max would have them."""
+
+
+def exp_shifted(xb, out, ones):
+    """``out = exp(xb - shift)`` for one block of rows; returns (shift (rows,), sums (rows,) of out's rows).
+
+    The shift is the block's largest value, except for the rows redone with
+    their own max (see the module's docstring). ``ones`` is a vector of ones
+    as long as a row: the row sums are one matrix-vector product.
+    """
+    xp = xp_of(xb)
+    top = xb.max()
+    xp.subtract(xb, top, out=out)
+    xp.exp(out, out=out)
+    sums = out @ ones
+    shift = xp.empty(xb.shape[0], dtype=out.dtype)
+    shift[...] = top  # (a 0-d array on the GPU)
+    far = ~(sums >= TINY_ROW_SUM)  # also catches NaN: a NaN anywhere in the block spoils the shift
+    if far.any():  # rare: rows far below the block's max get their own shift
+        own = xb[far].max(axis=1)
+        with quiet_float_errors(xp):  # a row all -inf (fully masked) gives NaN, as in torch
+            out[far] = xp.exp(xb[far] - own[:, None])
+        sums[far] = out[far] @ ones
+        shift[far] = own
+    return shift, sums
 
 
 def softmax_forward(x, log: bool = False):
@@ -32,16 +56,9 @@ def softmax_forward(x, log: bool = False):
     ones = xp.ones(x.shape[1], dtype=out.dtype)
     for s in blocks(xp, x.shape[0], x.shape[1] * out.itemsize):
         xb, o = x[s], out[s]
-        xp.subtract(xb, xb.max(), out=o)
-        exps = xp.exp(o) if log else xp.exp(o, out=o)
-        sums = exps @ ones
-        far = ~(sums >= TINY_ROW_SUM)  # also catches NaN: a NaN anywhere in the block spoils the shift c
-        if far.any():  # rare: rows far below the block's max get their own shift
-            own = xb[far] - xb[far].max(axis=1, keepdims=True)
-            o[far] = own
-            exps[far] = xp.exp(own)
-            sums[far] = exps[far] @ ones
-        if log:
+        shift, sums = exp_shifted(xb, o, ones)
+        if log:  # log y = (x - shift) - log(sums), the small terms subtracted last
+            xp.subtract(xb, shift[:, None], out=o)
             o -= xp.log(sums)[:, None]
         else:
             o *= (1 / sums)[:, None]

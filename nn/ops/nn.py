@@ -2,7 +2,7 @@
 
 A fused op does in one forward/backward what a chain of primitive ops would
 do in many, keeping fewer arrays alive: softmax keeps only its output, the
-loss keeps only the log-probabilities, layer norm keeps the normalised input
+loss keeps only its gradient (made in forward), layer norm keeps the normalised input
 and one scale per row. The CPU versions write into their own temporaries
 (``out=``, in-place) rather than allocating a new array per formula term.
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from nn import backend
 from nn.backend import xp_of
-from nn.function import Function
+from nn.function import Function, is_grad_enabled
+from nn.kernels import cross_entropy as ce_kernels
 from nn.kernels import norm as norm_kernels
 from nn.kernels import softmax as softmax_kernels
 from nn.kernels.blocked import as_rows
@@ -65,8 +66,10 @@ class CrossEntropy(Function):
     (eps = label smoothing), so d loss_i / d logits_i = p_i - (1 - eps) onehot(t_i) - eps / C.
     Rows whose target is ``ignore_index`` contribute neither loss nor gradient;
     "mean" divides by the number of the other rows, as PyTorch does.
-    Only the log-probabilities are kept for backward; the probabilities are
-    made from them once, in the gradient's own buffer.
+    When a gradient will be wanted, forward makes it too, in the same pass
+    over the logits (``nn/kernels/cross_entropy.py``), for an upstream
+    gradient of 1 per row (or per mean); backward only scales it. Nothing of
+    (N, C) size is kept otherwise.
     """
 
     def forward(self, logits, targets: Any = None, ignore_index: int = -100, reduction: str = "mean",
@@ -86,40 +89,28 @@ class CrossEntropy(Function):
         safe_targets = xp.where(valid, targets_flat, 0)
         if xp.any((safe_targets < 0) | (safe_targets >= num_classes)):
             raise IndexError(f"target out of range for {num_classes} classes")
-        logp = softmax_kernels.softmax_forward(rows, log=True)
-        picked = xp.arange(rows.shape[0])
-        loss = -logp[picked, safe_targets]
-        if label_smoothing:
-            loss *= 1 - label_smoothing
-            loss -= label_smoothing * logp.mean(axis=1)
+        count = int(valid.sum())
+        per_row = 1 / count if reduction == "mean" and count else 1
+        want_grad = is_grad_enabled() and self.needs_input_grad[0]
+        loss, grad = ce_kernels.loss_and_grad(rows, safe_targets, valid * per_row, label_smoothing, want_grad)
         loss = xp.where(valid, loss, 0)  # not loss * valid: an ignored row may hold inf
-        self.reduction, self.smoothing = reduction, label_smoothing
-        self.count = int(valid.sum())
-        self.save_for_backward(logp, safe_targets, valid)
+        self.reduction = reduction
+        self.save_for_backward(grad)
         if reduction == "none":
             out = loss.reshape(targets.shape)
         elif reduction == "sum":
             out = loss.sum()
         else:
-            out = loss.sum() / self.count if self.count else loss.sum() * math.nan
+            out = loss.sum() / count if count else loss.sum() * math.nan
         return xp.asarray(out, dtype=logits.dtype)
 
     def backward(self, g):
-        logp, targets, valid = self.saved_arrays
-        xp = xp_of(logp)
-        grad = xp.exp(logp)  # the probabilities, made once, in the buffer we return
-        rows, num_classes = grad.shape
-        grad[xp.arange(rows), targets] -= 1 - self.smoothing
-        if self.smoothing:
-            grad -= self.smoothing / num_classes
+        (grad,) = self.saved_arrays  # the gradient for an upstream gradient of 1
         if self.reduction == "none":
-            row_scale = g.reshape(-1).astype(grad.dtype) * valid
-        else:
-            total = g.astype(grad.dtype) / (self.count if self.reduction == "mean" and self.count else 1)
-            row_scale = valid * total
-        grad *= row_scale[:, None]
-        if self.count < rows:
-            grad[~valid] = 0  # ignored rows: 0 even where their logits held inf (inf * 0 would be NaN)
+            grad = grad * g.reshape(-1, 1).astype(grad.dtype)
+        elif float(g) != 1:
+            grad = grad * g.astype(grad.dtype)
+        # The saved array may go back as it is; a gradient kept as .grad is copied from this view.
         return self.restore_logits_shape(grad.astype(self.logits_dtype, copy=False))
 
 
@@ -212,6 +203,51 @@ class Dropout(Function):
     def backward(self, g):
         (keep,) = self.saved_arrays
         return g * keep * self.scale
+
+
+class Rotary(Function):
+    """Rotary positions: y = x cos + rotate_half(x) sin over the last dim, rotate_half(x) = (-x2, x1).
+
+    x (..., d) with d even, split into halves x1, x2; cos and sin broadcast
+    against x. One op for what the formula spells as eight (two slices, a
+    negation, a concatenation, two products and a sum), with no temporary of
+    x's size but the output:
+
+        y1 = x1 c1 - x2 s1          y2 = x2 c2 + x1 s2
+        dx1 = g1 c1 + g2 s2         dx2 = g2 c2 - g1 s1
+        dcos = g x                  dsin = g rotate_half(x)      (summed to their shapes)
+    """
+
+    def forward(self, x, cos, sin):
+        if x.shape[-1] % 2:
+            raise ValueError(f"rotary positions need an even last dimension, not {x.shape[-1]}")
+        half = x.shape[-1] // 2
+        y = x * cos
+        y[..., :half] -= x[..., half:] * sin[..., :half]
+        y[..., half:] += x[..., :half] * sin[..., half:]
+        self.save_for_backward(x, cos, sin)
+        return y
+
+    def backward(self, g):
+        x, cos, sin = self.saved_arrays
+        need_x, need_cos, need_sin = self.needs_input_grad
+        half = x.shape[-1] // 2
+        gx = gcos = gsin = None
+        if need_x:
+            gx = g * cos
+            gx[..., :half] += g[..., half:] * sin[..., half:]
+            gx[..., half:] -= g[..., :half] * sin[..., :half]
+            gx = sum_to(gx, x.shape)
+        if need_cos:
+            gcos = sum_to(g * x, cos.shape)
+        if need_sin:
+            xp = xp_of(g)
+            gsin = xp.empty(g.shape, dtype=xp.result_type(g, x))
+            xp.multiply(g[..., :half], x[..., half:], out=gsin[..., :half])
+            xp.negative(gsin[..., :half], out=gsin[..., :half])
+            xp.multiply(g[..., half:], x[..., :half], out=gsin[..., half:])
+            gsin = sum_to(gsin, sin.shape)
+        return gx, gcos, gsin
 
 
 class ScaledDotProductAttention(Function):

@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 import nn
 import nn.functional as F
+from nn.attention import apply_rope
 
 MAX_SIDE = 4
 MAX_DIMS = 4
@@ -377,6 +378,21 @@ def draw_attention(data, dtype):
     return [q, k, v], kwargs
 
 
+def draw_rotary(data, dtype):
+    """x (..., T, d) with d even, and cos, sin broadcasting against it (a table (T, d), or per row (B, 1, T, d))."""
+    lead = data.draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=2))
+    t, d = data.draw(st.integers(1, 3)), 2 * data.draw(st.integers(1, 3))
+    x = array(data, lead + (t, d), dtype)
+    table = data.draw(st.sampled_from(["table", "per_row"]))
+    table_shape = (t, d) if table == "table" or not lead else lead[:1] + (1,) * (len(lead) - 1) + (t, d)
+    return [x, array(data, table_shape, dtype), array(data, table_shape, dtype)], {}
+
+
+def _rotary_theirs(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
 # ------------------------------------------------------------------ the registry
 def _split_ours(x, split, dim):
     return nn.cat(list(x.split(split, dim)), dim=dim) * nn.tensor(2.0, dtype=x.dtype)
@@ -512,6 +528,7 @@ SPECS: list[OpSpec] = [
     OpSpec("rms_norm", lambda x, w, normalized_shape, eps: F.rms_norm(x, normalized_shape, w, eps),
            lambda x, w, normalized_shape, eps: TF.rms_norm(x, normalized_shape, w, eps), draw_rms_norm,
            tolerance_f32=1e-4),
+    OpSpec("rotary", lambda x, cos, sin: apply_rope(x, cos, sin), _rotary_theirs, draw_rotary),
     OpSpec("embedding", lambda w, ids: F.embedding(ids, w), lambda w, ids: TF.embedding(ids, w), draw_embedding),
     OpSpec("scaled_dot_product_attention", lambda q, k, v, **kw: F.scaled_dot_product_attention(q, k, v, **kw),
            _attention_theirs, draw_attention),

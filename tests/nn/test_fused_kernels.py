@@ -97,6 +97,40 @@ def test_cross_entropy_rejects_targets_out_of_range():
         cross_entropy.cross_entropy_forward(logits, targets)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_and_grad_over_many_blocks_matches_torch(smoothing):
+    """The op's one-pass kernel: rows spread over many cache blocks, one far below its block's max, some ignored."""
+    logits, targets = _logits_and_targets(700, 1003, np.float32)
+    logits[7] -= 500  # its exponentials underflow against the block's max: redone with its own
+    valid = targets != -100
+    safe = np.where(valid, targets, 0)
+    loss, grad = cross_entropy.loss_and_grad(logits, safe, valid / valid.sum(), smoothing)
+    t = torch.from_numpy(logits).requires_grad_()
+    ref = TF.cross_entropy(t, torch.from_numpy(targets), label_smoothing=smoothing)
+    ref.backward()
+    assert math.isclose(float(loss[valid].mean()), ref.item(), rel_tol=2e-6)
+    np.testing.assert_allclose(grad, t.grad.numpy(), **TOL[np.float32])
+    assert np.all(grad[~valid] == 0)
+    only_loss, no_grad = cross_entropy.loss_and_grad(logits, safe, 1.0, smoothing, want_grad=False)
+    assert no_grad is None and np.array_equal(only_loss, loss)
+
+
+def test_cross_entropy_gradient_made_in_forward_survives_a_second_backward():
+    """The op hands back the gradient it made in forward; a retained graph's second pass must find it intact."""
+    import nn
+    import nn.functional as F
+
+    logits, targets = _logits_and_targets(20, 30, np.float64)
+    ours = nn.Tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(ours, targets) * 3
+    loss.backward(retain_graph=True)
+    ours.grad.data *= 10  # the user's own in-place use of .grad must not reach the saved gradient
+    loss.backward()
+    t = torch.from_numpy(logits).requires_grad_()
+    TF.cross_entropy(t, torch.from_numpy(targets)).backward()
+    np.testing.assert_allclose(ours.grad.numpy(), 33 * t.grad.numpy(), **TOL[np.float64])
+
+
 # ---------------------------------------------------------------- flash attention
 
 
@@ -263,3 +297,33 @@ def test_scale_of_an_infinite_gradient_by_zero_is_nan():
     x = np.array([np.inf, 1.0], dtype=np.float32)
     adamw.scale_(x, 0.0)
     assert np.isnan(x[0]) and x[1] == 0
+
+
+# ---------------------------------------------------------------- cache blocks
+
+
+def _fake_cache_dir(tmp_path, entries):
+    for name, (level, size) in entries.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(f"{level}\n")
+        (tmp_path / name / "size").write_text(f"{size}\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("entries,expected", [
+    ({"index0": (1, "48K"), "index1": (1, "32K"), "index2": (2, "1024K"), "index3": (3, "32768K")}, 1 << 20),
+    ({"index0": (1, "32K"), "index2": (2, "2M")}, 2 << 20),
+    ({"index0": (1, "32K"), "index3": (3, "8192K")}, 256 * 1024),   # no L2 listed: the default
+    ({"index2": (2, "lots")}, 256 * 1024),                          # unreadable size: the default
+    ({"index2": (2, "64M")}, 256 * 1024),                           # implausible: the default
+])
+def test_block_size_is_the_l2_cache_read_from_sysfs(tmp_path, entries, expected):
+    from nn.kernels.blocked import l2_cache_bytes
+
+    assert l2_cache_bytes(cpu_dir=_fake_cache_dir(tmp_path, entries)) == expected
+
+
+def test_block_size_without_sysfs_is_the_default(tmp_path):
+    from nn.kernels.blocked import l2_cache_bytes
+
+    assert l2_cache_bytes(cpu_dir=str(tmp_path / "absent")) == 256 * 1024
