@@ -4,7 +4,12 @@ GELU(x) = x Phi(x), Phi the standard normal CDF, so GELU'(x) = Phi(x) + x phi(x)
 - exact:  Phi(x) = (1 + erf(x / sqrt 2)) / 2,  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 - tanh:   Phi(x) ~ (1 + tanh u) / 2 with u = sqrt(2/pi) (x + 0.044715 x^3);
           its derivative is (1 + t)/2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2, t = tanh u.
-Only x is kept for backward; the rest is recomputed block by block.
+Only x is kept for backward; the rest is recomputed block by block. On the
+CPU the tanh form also keeps s = (1 + tanh u) / 2, which forward computes
+anyway (y = x s): since 1 - t^2 = 4 s (1 - s), the derivative is then
+s + x s (1 - s) sqrt(2/pi) 2 (1 + 3 * 0.044715 x^2), with no tanh to redo
+(``gelu_tanh_forward_keep`` / ``gelu_tanh_backward_kept``: half the
+backward's time for one more saved array of x's size).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 from nn import backend
 from nn.backend import xp_of
 from nn.kernels import cuda
-from nn.kernels.blocked import map_blocks
+from nn.kernels.blocked import blocks, compute_dtype, map_blocks
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 CUBIC = 0.044715
@@ -120,3 +125,46 @@ def gelu_backward(x, g, approximate: str):
         return grad
 
     return map_blocks(block, x, g)
+
+
+def gelu_tanh_forward_keep(x):
+    """(y, s): the tanh GELU y = x s and s = (1 + tanh u) / 2 in the compute dtype, for the backward below."""
+    xp = xp_of(x)
+    flat = xp.ascontiguousarray(x).reshape(-1)
+    s = xp.empty(flat.shape, dtype=compute_dtype(x.dtype))
+    y = xp.empty(flat.shape, dtype=x.dtype)
+    for b in blocks(xp, flat.size, s.itemsize):
+        xb, sb = flat[b].astype(s.dtype, copy=False), s[b]
+        xp.multiply(xb, xb, out=sb)
+        sb *= CUBIC
+        sb += 1
+        sb *= xb
+        sb *= SQRT_2_OVER_PI  # u
+        xp.tanh(sb, out=sb)
+        sb += 1
+        sb *= 0.5
+        xp.multiply(sb, xb, out=y[b], casting="unsafe")
+    return y.reshape(x.shape), s.reshape(x.shape)
+
+
+def gelu_tanh_backward_kept(x, s, g):
+    """g * GELU'(x) from x and forward's s: g (s + x s (1 - s) 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2))."""
+    xp = xp_of(x)
+    flats = [xp.ascontiguousarray(a).reshape(-1) for a in (x, s, g)]
+    out = xp.empty(flats[0].shape, dtype=s.dtype)
+    spread = None  # one scratch block, the size of the first (largest) block
+    for b in blocks(xp, out.size, s.itemsize):
+        if spread is None:
+            spread = xp.empty(b.stop - b.start, dtype=s.dtype)
+        xb, sb, gb = (f[b].astype(s.dtype, copy=False) for f in flats)
+        slope, sp = out[b], spread[:b.stop - b.start]
+        xp.multiply(xb, xb, out=slope)
+        slope *= 6 * SQRT_2_OVER_PI * CUBIC
+        slope += 2 * SQRT_2_OVER_PI
+        slope *= xb
+        xp.multiply(sb, sb, out=sp)
+        xp.subtract(sb, sp, out=sp)  # s (1 - s) = (1 - t^2) / 4
+        slope *= sp
+        slope += sb
+        slope *= gb
+    return out.astype(x.dtype, copy=False).reshape(x.shape)

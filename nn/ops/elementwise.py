@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from nn import backend
 from nn.backend import xp_of
-from nn.function import Function
+from nn.function import Function, is_grad_enabled
 from nn.kernels import gelu as gelu_kernels
 from nn.ops.util import sum_to
 
@@ -253,11 +255,18 @@ class Gelu(Function):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu approximate must be 'none' or 'tanh', not {approximate!r}")
         self.approximate = approximate
-        self.save_for_backward(x)
+        if approximate == "tanh" and xp_of(x) is np and is_grad_enabled() and self.needs_input_grad[0]:
+            # keep s as well: backward then has no tanh to redo (nn/kernels/gelu.py)
+            y, s = gelu_kernels.gelu_tanh_forward_keep(x)
+            self.save_for_backward(x, s)
+            return y
+        self.save_for_backward(x, None)
         return gelu_kernels.gelu_forward(x, approximate)
 
     def backward(self, g):
-        (x,) = self.saved_arrays
+        x, s = self.saved_arrays
+        if s is not None:
+            return gelu_kernels.gelu_tanh_backward_kept(x, s, g)
         return gelu_kernels.gelu_backward(x, g, self.approximate)
 
 

@@ -299,6 +299,28 @@ def test_scale_of_an_infinite_gradient_by_zero_is_nan():
     assert np.isnan(x[0]) and x[1] == 0
 
 
+# ---------------------------------------------------------------- GELU (tanh) with its s kept
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tanh_gelu_backward_from_the_kept_s_matches_torch_over_many_blocks(dtype):
+    """Against PyTorch in float64 on the same values; float32 near the far negative tail cancels to ~1e-6."""
+    from nn.kernels import gelu
+
+    rng = np.random.default_rng(3)
+    x = (4 * rng.standard_normal((700, 1001))).astype(dtype)[:, ::2]  # strided, several cache blocks
+    g = rng.standard_normal(x.shape).astype(dtype)
+    y, s = gelu.gelu_tanh_forward_keep(x)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).requires_grad_()
+    ref = TF.gelu(t, approximate="tanh")
+    ref.backward(torch.from_numpy(g.astype(np.float64)))
+    tol = TOL[np.float64] if dtype == np.float64 else dict(rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref.detach().numpy(), **tol)
+    x64 = t.detach().numpy()
+    np.testing.assert_allclose(s, (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3))) / 2, **tol)
+    np.testing.assert_allclose(gelu.gelu_tanh_backward_kept(x, s, g), t.grad.numpy(), **tol)
+
+
 # ---------------------------------------------------------------- cache blocks
 
 
