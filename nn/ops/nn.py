@@ -301,7 +301,7 @@ class ScaledDotProductAttention(Function):
         gp = g @ v.swapaxes(-1, -2)
         if keep is not None:
             gp *= keep * self.drop_scale
-        gp -= (gp * probs).sum(axis=-1, keepdims=True)
+        gp -= xp_of(gp).einsum("...ij,...ij->...i", gp, probs)[..., None]  # row dot products, no temporary
         gp *= probs
         gp *= self.scale  # now dS
         gq = sum_to(gp @ k, q.shape) if need_q else None
