@@ -85,7 +85,6 @@ def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index: int = -
     return dlogits.astype(logits.dtype, copy=False)
 
 
-
 def loss_and_grad(logits, targets, row_scale, smoothing: float = 0.0, want_grad: bool = True):
     """Per-row loss (N,) and, if ``want_grad``, d(sum_i row_scale_i loss_i) / d logits (N, C), in one pass.
 
