@@ -4,10 +4,10 @@ A NumPy expression such as ``a * b + c`` makes one full pass over memory per
 operator and allocates a fresh temporary for each. When the arrays are many
 megabytes, every pass goes to main memory and every new temporary costs page
 faults. Running the same steps over one block at a time keeps the block and
-its temporaries in cache. Each NumPy call costs a few microseconds however
-small its block, so blocks should be as large as the cache allows: one
-block the size of the L2 cache (read from Linux's sysfs; 256 KiB where it
-cannot be read). On a 2-core AMD EPYC with 1 MiB of L2 per core, 1 MiB
+most of its temporaries in cache (the largest in L2, the rest in L3). Each
+NumPy call costs a few microseconds however small its block, so blocks are
+as large as one core's L2 cache (read from Linux's sysfs; 256 KiB where it
+cannot be read); the best size was measured, not derived. On a 2-core AMD EPYC with 1 MiB of L2 per core, 1 MiB
 blocks made a training step of the ``small`` preset 4% faster than 256 KiB
 blocks at one and two threads, and 2 or 4 MiB blocks 2-8% slower than 1 MiB
 (alternating steps in one process, medians of 20 pairs).

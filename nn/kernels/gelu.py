@@ -9,7 +9,8 @@ CPU the tanh form also keeps s = (1 + tanh u) / 2, which forward computes
 anyway (y = x s): since 1 - t^2 = 4 s (1 - s), the derivative is then
 s + x s (1 - s) sqrt(2/pi) 2 (1 + 3 * 0.044715 x^2), with no tanh to redo
 (``gelu_tanh_forward_keep`` / ``gelu_tanh_backward_kept``: half the
-backward's time for one more saved array of x's size).
+backward's time for one more saved array of x's shape, in the compute
+dtype: float32, twice x's bytes, for float16 x).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nn import backend
-from nn.backend import xp_of
+from nn.backend import quiet_float_errors, xp_of
 from nn.function import Function, is_grad_enabled
 from nn.kernels import cross_entropy as ce_kernels
 from nn.kernels import norm as norm_kernels
@@ -94,8 +94,10 @@ class CrossEntropy(Function):
         want_grad = is_grad_enabled() and self.needs_input_grad[0]
         loss, grad = ce_kernels.loss_and_grad(rows, safe_targets, valid * per_row, label_smoothing, want_grad)
         loss = xp.where(valid, loss, 0)  # not loss * valid: an ignored row may hold inf
-        self.reduction = reduction
-        self.save_for_backward(grad)
+        self.reduction, self.all_valid = reduction, count == rows.shape[0]
+        if grad is not None and xp is np:
+            grad.flags.writeable = False  # handed back as it is: nobody may write into it
+        self.save_for_backward(grad, valid)
         if reduction == "none":
             out = loss.reshape(targets.shape)
         elif reduction == "sum":
@@ -105,12 +107,16 @@ class CrossEntropy(Function):
         return xp.asarray(out, dtype=logits.dtype)
 
     def backward(self, g):
-        (grad,) = self.saved_arrays  # the gradient for an upstream gradient of 1
+        grad, valid = self.saved_arrays  # grad: the gradient for an upstream gradient of 1
+        xp = xp_of(grad)
         if self.reduction == "none":
-            grad = grad * g.reshape(-1, 1).astype(grad.dtype)
+            grad = grad * xp.where(valid, g.reshape(-1), 0).astype(grad.dtype)[:, None]
         elif float(g) != 1:
-            grad = grad * g.astype(grad.dtype)
-        # The saved array may go back as it is; a gradient kept as .grad is copied from this view.
+            with quiet_float_errors(xp):  # an infinite g meets the ignored rows' zeros: set right below
+                grad = grad * g.astype(grad.dtype)
+            if not self.all_valid:
+                grad[~valid] = 0  # ignored rows stay 0 even for an infinite or NaN upstream gradient
+        # Else the saved array goes back as it is (read-only: a gradient kept as .grad is a copy of it).
         return self.restore_logits_shape(grad.astype(self.logits_dtype, copy=False))
 
 
@@ -208,8 +214,8 @@ class Dropout(Function):
 class Rotary(Function):
     """Rotary positions: y = x cos + rotate_half(x) sin over the last dim, rotate_half(x) = (-x2, x1).
 
-    x (..., d) with d even, split into halves x1, x2; cos and sin broadcast
-    against x. One op for what the formula spells as eight (two slices, a
+    x (..., d) with d even, split into halves x1, x2; cos and sin have x's
+    last dimension and broadcast against x and each other. One op for what the formula spells as eight (two slices, a
     negation, a concatenation, two products and a sum), with no temporary of
     x's size but the output:
 
@@ -219,10 +225,15 @@ class Rotary(Function):
     """
 
     def forward(self, x, cos, sin):
-        if x.shape[-1] % 2:
-            raise ValueError(f"rotary positions need an even last dimension, not {x.shape[-1]}")
-        half = x.shape[-1] // 2
-        y = x * cos
+        d = x.shape[-1]
+        if d % 2:
+            raise ValueError(f"rotary positions need an even last dimension, not {d}")
+        if cos.ndim == 0 or sin.ndim == 0 or cos.shape[-1] != d or sin.shape[-1] != d:
+            raise ValueError(f"rotary positions: cos {cos.shape} and sin {sin.shape} need x's last dimension, {d}")
+        half = d // 2
+        xp = xp_of(x)
+        y = xp.empty(xp.broadcast_shapes(x.shape, cos.shape, sin.shape), dtype=xp.result_type(x, cos, sin))
+        xp.multiply(x, cos, out=y)
         y[..., :half] -= x[..., half:] * sin[..., :half]
         y[..., half:] += x[..., :half] * sin[..., half:]
         self.save_for_backward(x, cos, sin)

@@ -186,3 +186,25 @@ def test_kv_cache_refuses_to_overflow_and_can_be_reset():
     cache.reset()
     keys, values = cache.append(k, k)
     assert cache.length == 3 and keys.shape == values.shape == (1, 2, 3, 3)
+
+
+@pytest.mark.parametrize("cos_shape,sin_shape", [((3, 2), (3, 4)), ((), ()), ((3, 4), ())])
+def test_rope_refuses_tables_without_the_head_dimension(cos_shape, sin_shape):
+    x = nn.tensor(np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="last dimension"):
+        apply_rope(x, nn.tensor(np.ones(cos_shape)), nn.tensor(np.ones(sin_shape)))
+
+
+def test_rope_with_tables_broadcasting_past_x_matches_the_formula():
+    """Per-row tables (B, 1, T, d) against x (1, H, T, d): the output and x's gradient take the broadcast shape."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 3, 4))
+    cos, sin = rng.standard_normal((5, 1, 3, 4)), rng.standard_normal((5, 1, 3, 4))
+    ours = nn.tensor(x, requires_grad=True)
+    out = apply_rope(ours, nn.tensor(cos), nn.tensor(sin))
+    out.sum().backward()
+    t = torch.tensor(x, requires_grad=True)
+    ref = t * torch.tensor(cos) + torch.cat([-t[..., 2:], t[..., :2]], dim=-1) * torch.tensor(sin)
+    ref.sum().backward()
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours.grad.numpy(), t.grad.numpy(), rtol=1e-12)

@@ -97,8 +97,16 @@ def test_cross_entropy_rejects_targets_out_of_range():
         cross_entropy.cross_entropy_forward(logits, targets)
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """64 KiB cache blocks, whatever this machine's L2: the tests below then always span several blocks."""
+    from nn.kernels import blocked
+
+    monkeypatch.setattr(blocked, "BLOCK_BYTES", 64 * 1024)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_loss_and_grad_over_many_blocks_matches_torch(smoothing):
+def test_loss_and_grad_over_many_blocks_matches_torch(smoothing, small_blocks):
     """The op's one-pass kernel: rows spread over many cache blocks, one far below its block's max, some ignored."""
     logits, targets = _logits_and_targets(700, 1003, np.float32)
     logits[7] -= 500  # its exponentials underflow against the block's max: redone with its own
@@ -115,20 +123,40 @@ def test_loss_and_grad_over_many_blocks_matches_torch(smoothing):
     assert no_grad is None and np.array_equal(only_loss, loss)
 
 
-def test_cross_entropy_gradient_made_in_forward_survives_a_second_backward():
+@pytest.mark.parametrize("upstream", [1.0, 3.0])
+def test_cross_entropy_gradient_made_in_forward_survives_a_second_backward(upstream):
     """The op hands back the gradient it made in forward; a retained graph's second pass must find it intact."""
     import nn
     import nn.functional as F
 
     logits, targets = _logits_and_targets(20, 30, np.float64)
     ours = nn.Tensor(logits, requires_grad=True)
-    loss = F.cross_entropy(ours, targets) * 3
+    loss = F.cross_entropy(ours, targets)
+    if upstream != 1:
+        loss = loss * upstream
     loss.backward(retain_graph=True)
     ours.grad.data *= 10  # the user's own in-place use of .grad must not reach the saved gradient
     loss.backward()
     t = torch.from_numpy(logits).requires_grad_()
     TF.cross_entropy(t, torch.from_numpy(targets)).backward()
-    np.testing.assert_allclose(ours.grad.numpy(), 33 * t.grad.numpy(), **TOL[np.float64])
+    np.testing.assert_allclose(ours.grad.numpy(), 11 * upstream * t.grad.numpy(), **TOL[np.float64])
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_cross_entropy_ignored_rows_get_zero_gradient_even_from_an_infinite_upstream(reduction):
+    import nn
+    import nn.functional as F
+
+    logits, targets = _logits_and_targets(6, 5, np.float64)  # rows 0 and 5 ignored
+    upstream = np.array([np.inf, 1.0, 2.0, 0.5, 1.5, np.nan]) if reduction == "none" else np.array(np.inf)
+    ours = nn.Tensor(logits, requires_grad=True)
+    F.cross_entropy(ours, targets, reduction=reduction).backward(upstream)
+    t = torch.from_numpy(logits).requires_grad_()
+    TF.cross_entropy(t, torch.from_numpy(targets), reduction=reduction).backward(torch.from_numpy(upstream))
+    np.testing.assert_array_equal(ours.grad.numpy()[[0, 5]], 0)
+    np.testing.assert_array_equal(t.grad.numpy()[[0, 5]], 0)
+    # Rows fed an infinite or NaN gradient are not finite on either side (where inf - inf falls differs).
+    np.testing.assert_array_equal(np.isfinite(ours.grad.numpy()), np.isfinite(t.grad.numpy()))
 
 
 # ---------------------------------------------------------------- flash attention
@@ -303,7 +331,7 @@ def test_scale_of_an_infinite_gradient_by_zero_is_nan():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_tanh_gelu_backward_from_the_kept_s_matches_torch_over_many_blocks(dtype):
+def test_tanh_gelu_backward_from_the_kept_s_matches_torch_over_many_blocks(dtype, small_blocks):
     """Against PyTorch in float64 on the same values; float32 near the far negative tail cancels to ~1e-6."""
     from nn.kernels import gelu
 
