@@ -14,7 +14,8 @@ started a second before each run and stopped after it, pinned to no core (the OS
    ``GPT`` built with the same seed, copied into ``TorchGPT`` of the tests), ``torch.optim.AdamW`` with the
    same two parameter groups and hyperparameters, gradient clipping, and torch's default threads
    (``torch.get_num_threads()``). It keeps the same clock as ours: the budget counts from the moment the
-   parent starts the process; before each step it stops if the step (as long as the last one), the final
+   parent starts the process; before each step it stops if the step (as long as the longest of the last
+   ``loop.STEP_TIME_WINDOW``), the final
    evaluation and two checkpoints (as long as the last ones) and ``loop.FINAL_MARGIN_SECONDS`` would not
    fit. The learning rate is our schedule itself, ``nn.optim.learning_rate`` (warmup, then half a cosine
    from ``lr`` to ``lr / 10``), at the progress our trainer computes: seconds spent / the second by which
@@ -54,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def _torch_worker(args: argparse.Namespace) -> int:
     from nn.optim import learning_rate
     from tinygrad_llm.data.loader import TokenShards, eval_windows
     from tinygrad_llm.train import resolve_config
-    from tinygrad_llm.train.loop import FINAL_MARGIN_SECONDS
+    from tinygrad_llm.train.loop import FINAL_MARGIN_SECONDS, STEP_TIME_WINDOW
     from util.files import atomic_write
     from util.progress import Progress
 
@@ -90,7 +91,8 @@ def _torch_worker(args: argparse.Namespace) -> int:
     run_dir = Path(c.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "log.jsonl"
-    clock = {"step": 0.0, "eval": 0.0, "save": 0.0}  # the last step's, evaluation's and checkpoint's seconds
+    clock = {"step": 0.0, "eval": 0.0, "save": 0.0}  # seconds: the next step (expected), the last eval and save
+    recent_steps: deque[float] = deque(maxlen=STEP_TIME_WINDOW)  # as Trainer: the longest of the last few steps
     best = math.inf
     schedule_progress = 0.0  # the next step's progress through the budget, as of the last stop check
 
@@ -160,9 +162,11 @@ def _torch_worker(args: argparse.Namespace) -> int:
             opt.step()
         opt.zero_grad()
         step += 1
-        clock["step"] = time.monotonic() - step_start
+        step_seconds = time.monotonic() - step_start
+        recent_steps.append(step_seconds)
+        clock["step"] = max(recent_steps)
         window_tokens += tokens_per_step
-        window_seconds += clock["step"]
+        window_seconds += step_seconds
         if step % c.log_interval == 0 or step == 1:
             tps = window_tokens / window_seconds if window_seconds > 0 else 0.0
             log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm, "tokens_per_s": tps,

@@ -96,6 +96,20 @@ def test_a_budget_holds_when_the_machine_is_slow_from_the_start(tmp_path, train_
     assert len(lrs) >= 3 and lrs[-1] == pytest.approx(1e-4, rel=0.1)
 
 
+@pytest.mark.parametrize("phase", [0, 1])
+def test_a_budget_holds_when_steps_alternate_fast_and_slow(tmp_path, train_config, clock, phase):
+    """A shared machine: every other step takes four times as long. The slow step after a fast one must fit too."""
+    budget = 30.0
+    fields, config = train_config(tmp_path / "run", "eval_interval=1000", "checkpoint_interval=1000",
+                                  time_budget=budget)
+    trainer = pretraining(fields, config, stream=io.StringIO())
+    start = clock.now
+    slow_down(trainer, clock, lambda step: 4.0 if step % 2 == phase else 1.0)
+    assert trainer.fit()["status"] == "time budget reached"
+    assert clock.now - start <= budget  # the margin for what the clock does not see is left whole
+    assert clock.now - start > budget - 9  # and it did not stop a whole slow step pair early
+
+
 def test_a_budget_run_is_extended_by_the_same_budget_and_resumes_with_its_reserve(tmp_path, train_config, clock):
     out = tmp_path / "run"
     first = pretraining(*train_config(out, "eval_interval=1000", time_budget=10.0), stream=io.StringIO())

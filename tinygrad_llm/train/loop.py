@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,14 @@ _LAYOUT_FIELDS = ("checkpoint_activations", "tensor_parallel")
 
 FINAL_MARGIN_SECONDS = 1.0
 """Kept free at the end of a time budget for what is not measured (the loss plot, closing files)."""
+
+STEP_TIME_WINDOW = 8
+"""The next step is expected to take as long as the longest of the last this many.
+
+On a shared machine consecutive steps differ by a quarter or more (190 or 240 ms
+for the same step of ``small`` at two threads here), and a budget must hold for
+the slow one: with the last step alone as the estimate, one 90-second run in
+eight ended 0.3 s late."""
 
 
 class TrainingError(RuntimeError):
@@ -124,7 +133,7 @@ class Trainer:
         self.on_step: Callable[[Trainer], None] | None = None  # called after every step (tests, tools)
         self.last_eval: dict[str, float] | None = None
         self._stop_requested = False
-        self._step_seconds = 0.0      # the last step's wall time: what the next one is expected to take
+        self._recent_steps: deque[float] = deque(maxlen=STEP_TIME_WINDOW)  # wall times of the last steps
         self._progress = 0.0          # the plan's progress, agreed by all processes at the last stop check
         self._steps_here, self._loop_started = 0, 0.0  # steps taken by this process's loop, and when it began
         if resume:
@@ -187,10 +196,11 @@ class Trainer:
                                                 "lower the learning rate or check the data")
                     self.optimizer.zero_grad()
                     self.step += 1
-                    self._step_seconds = time.monotonic() - step_start
+                    step_seconds = time.monotonic() - step_start
+                    self._recent_steps.append(step_seconds)
                     self._steps_here += 1
                     window_tokens += self.setup.tokens_per_step
-                    window_seconds += self._step_seconds
+                    window_seconds += step_seconds
                     if self.step % c.log_interval == 0 or self.step in (1, plan.max_steps):
                         tps = window_tokens / window_seconds if window_seconds > 0 else 0.0
                         mfu = estimate_mfu(self.model.flops_per_token(), tps, peak)
@@ -269,6 +279,11 @@ class Trainer:
     def _elapsed(self) -> float:
         """Wall-clock seconds of the whole run so far: earlier processes plus this one."""
         return self.state.elapsed + time.monotonic() - self.started
+
+    @property
+    def _step_seconds(self) -> float:
+        """What the next step is expected to take: the longest of the last ``STEP_TIME_WINDOW`` (0 before any)."""
+        return max(self._recent_steps, default=0.0)
 
     def _start_deadline(self) -> float | None:
         """The plan's second by which the next step must start for the budget to hold (None: no budget).
