@@ -112,9 +112,10 @@ def loss_and_grad(logits, targets, row_scale, smoothing: float = 0.0, want_grad:
         shift, sums = exp_shifted(x, o, ones)
         picked = xp.arange(x.shape[0]), targets[s]
         with quiet_float_errors(xp):  # a row holding inf gives NaN, as torch does
-            loss[s] = (shift - x[picked]) + xp.log(sums)  # lse - x_t, the small terms added last
+            log_sums = xp.log(sums)
+            loss[s] = (shift - x[picked]) + log_sums  # lse - x_t, the small terms added last
             if smoothing:
-                loss[s] = (1 - smoothing) * loss[s] + smoothing * (shift + xp.log(sums) - (x @ ones) / classes)
+                loss[s] = (1 - smoothing) * loss[s] + smoothing * (shift + log_sums - (x @ ones) / classes)
             if not want_grad:
                 continue
             sc = scale[s]
